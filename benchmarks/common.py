@@ -1,0 +1,69 @@
+"""Shared by the benchmark scripts: the machine's description and the JSON + markdown result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    """What the figures were measured on: CPU model and count, accelerator, library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import flax
+    import optax
+
+    device = jax.devices()[0]
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "device": getattr(device, "device_kind", str(device)),
+        "device_count": jax.device_count(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def machine_line(info: dict) -> str:
+    return (
+        f"{info['device_count']}× {info['device']} ({info['backend']}); host {info['cpu']}, "
+        f"{info['cpu_count']} cores; jax {info['jax']}, flax {info['flax']}"
+    )
+
+
+def write_results(name: str, rows: list[dict], *, columns: list[str], notes: str = "", out_dir=None) -> Path:
+    """Writes `<name>.json` (machine, rows) and `<name>.md` (a table of `columns`) under results/."""
+    out_dir = Path(out_dir or RESULTS_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    (out_dir / f"{name}.json").write_text(
+        json.dumps({"benchmark": name, "date": stamp, "machine": info, "rows": rows}, indent=2) + "\n"
+    )
+    lines = [f"# {name}", "", f"Measured {stamp} on {machine_line(info)}.", ""]
+    if notes:
+        lines += [notes, ""]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+    return out_dir / f"{name}.json"
+
+
+def _cell(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

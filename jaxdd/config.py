@@ -1,0 +1,120 @@
+"""The run configuration: the defaults every recipe starts from, and `validate`, which names every user
+error (unknown name, bad value, impossible shape) before any data is loaded or anything compiles."""
+
+from __future__ import annotations
+
+import numbers
+
+import ml_collections
+
+from jaxdd import augment, data, evaluation, methods, models
+from jaxdd.errors import UserError
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The defaults of every key; recipes in configs/ change what they need."""
+    config = ml_collections.ConfigDict()
+    config.dataset = "digits"
+    config.data_dir = ""  # '' = the dataset's default locations (Debian package folder, tfds dir)
+    config.ipc = 10
+    config.method = "random"
+    config.model = "ConvNet"  # the distillation architecture
+    config.iterations = 0
+    config.seed = 0
+    config.checkpoint_every = 100
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.archs = "ConvNet,MLP,LeNet,AlexNet,VGG11,ResNet18"  # comma-separated; '' = no evaluation
+    config.eval.num_nets = 5
+    config.eval.epochs = 300
+    config.eval.batch_size = 256
+    config.eval.lr = 0.01
+    config.eval.momentum = 0.9
+    config.eval.weight_decay = 5e-4
+    config.eval.augment = "none"  # or a DSA strategy, e.g. 'color_crop_cutout_flip_scale_rotate'
+    config.eval.test_batch_size = 500
+    config.eval.parallel = "auto"  # 'loop' | 'vmap' | 'auto' (the measured default of the backend)
+    config.eval.baselines = "random"  # comma-separated extra rows: 'random' (real subset, same IPC), 'whole'
+    return config
+
+
+BASELINES = ("random", "whole")
+
+
+def split_names(value: str) -> tuple[str, ...]:
+    """'a, b,c' -> ('a', 'b', 'c'); '' -> ()."""
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def eval_protocol(eval_config: ml_collections.ConfigDict) -> evaluation.EvalProtocol:
+    """The evaluation protocol a config describes."""
+    return evaluation.EvalProtocol(
+        epochs=eval_config.epochs,
+        batch_size=eval_config.batch_size,
+        lr=eval_config.lr,
+        momentum=eval_config.momentum,
+        weight_decay=eval_config.weight_decay,
+        augment=eval_config.augment,
+        test_batch_size=eval_config.test_batch_size,
+    )
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises `UserError` naming the first bad value and its fix; cheap (no data, no compilation)."""
+    info = data.dataset_info(config.dataset)
+    methods.get_method(config.method)
+    _require(
+        _is_int(config.ipc) and config.ipc >= 1,
+        f"ipc={config.ipc!r} must be an integer ≥ 1 (images per class), e.g. --config.ipc=10.",
+    )
+    _require(
+        config.ipc <= info.min_class_count,
+        f"ipc={config.ipc} is larger than the smallest class of {config.dataset!r} "
+        f"({info.min_class_count} training images): choose --config.ipc ≤ {info.min_class_count}.",
+    )
+    _require(
+        _is_int(config.seed) and config.seed >= 0, f"seed={config.seed!r} must be a non-negative integer."
+    )
+    _require(
+        _is_int(config.iterations) and config.iterations >= 0,
+        f"iterations={config.iterations!r} must be an integer ≥ 0.",
+    )
+    models.check_input_shape(config.model, info.image_shape, info.num_classes)
+    _validate_eval(config.eval, info)
+
+
+def _validate_eval(eval_config: ml_collections.ConfigDict, info) -> None:
+    for arch in split_names(eval_config.archs):
+        models.check_input_shape(arch, info.image_shape, info.num_classes)
+    for name in ("num_nets", "epochs", "batch_size", "test_batch_size"):
+        value = eval_config[name]
+        _require(_is_int(value) and value >= 1, f"eval.{name}={value!r} must be an integer ≥ 1.")
+    _require(eval_config.lr > 0, f"eval.lr={eval_config.lr!r} must be > 0 (the reference uses 0.01).")
+    _require(
+        0 <= eval_config.momentum < 1,
+        f"eval.momentum={eval_config.momentum!r} must lie in [0, 1) (the reference uses 0.9).",
+    )
+    _require(
+        eval_config.weight_decay >= 0,
+        f"eval.weight_decay={eval_config.weight_decay!r} must be ≥ 0 (the reference uses 5e-4).",
+    )
+    _require(
+        eval_config.parallel in evaluation.PARALLELISM_CHOICES,
+        f"eval.parallel={eval_config.parallel!r} is not one of {evaluation.PARALLELISM_CHOICES}.",
+    )
+    if eval_config.augment != "none":
+        augment.parse_strategy(eval_config.augment)
+    for baseline in split_names(eval_config.baselines):
+        _require(
+            baseline in BASELINES,
+            f"eval.baselines has {baseline!r}; valid baselines are {', '.join(BASELINES)} (comma-separated).",
+        )

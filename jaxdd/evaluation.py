@@ -1,0 +1,186 @@
+"""The evaluation protocol of DC/DSA/DM (DESIGN §5) and the cross-architecture table.
+
+A fresh network per (architecture, seed) is trained only on the given set with SGD (lr 0.01, momentum
+0.9, weight decay 5e-4, batch 256), 300 epochs (1000 with DSA), lr ×0.1 at half; its accuracy on the
+full test set after the last epoch is the result. N networks of an architecture give mean ± std.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+
+from jaxdd import augment as dsa
+from jaxdd import training
+from jaxdd.data.real import RealData
+from jaxdd.models import get_model
+
+# How N networks of one architecture are trained, per backend. Measured by benchmarks/bench_eval.py:
+# on the 2-core CPU a Python loop over one compiled network beats vmap (batched convolutions lower
+# poorly there); accelerators are fed better by one vmapped program.
+DEFAULT_PARALLELISM = {"cpu": "loop", "gpu": "vmap", "tpu": "vmap"}
+PARALLELISM_CHOICES = ("auto", "loop", "vmap")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalProtocol:
+    """Hyper-parameters of training a fresh network on a (synthetic) set.
+
+    `augment` is a DSA strategy applied per image to every training batch ('none' disables it).
+    """
+
+    epochs: int = 300
+    batch_size: int = 256
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_decay_at: float = 0.5
+    augment: str = "none"
+    test_batch_size: int = 500
+
+
+def protocol_optimizer(protocol: EvalProtocol, num_images: int) -> optax.GradientTransformation:
+    """SGD with momentum and coupled weight decay (PyTorch semantics), lr ×0.1 from epoch ⌊epochs·decay⌋."""
+    decay_step = int(protocol.epochs * protocol.lr_decay_at) * training.steps_per_epoch(
+        num_images, protocol.batch_size
+    )
+    schedule = optax.piecewise_constant_schedule(protocol.lr, {decay_step: 0.1})
+    return optax.chain(
+        optax.add_decayed_weights(protocol.weight_decay), optax.sgd(schedule, momentum=protocol.momentum)
+    )
+
+
+def _augment_fn(protocol: EvalProtocol) -> training.AugmentFn:
+    if protocol.augment == "none":
+        return None
+    return functools.partial(dsa.augment, strategy=protocol.augment, siamese=False)
+
+
+def train_and_test(
+    model: nn.Module,
+    protocol: EvalProtocol,
+    key: jax.Array,
+    images: jax.Array,
+    labels: jax.Array,
+    test_images: jax.Array,
+    test_labels: jax.Array,
+) -> jax.Array:
+    """Trains one fresh network on (images [N,H,W,C], labels [N]); returns its test accuracy (scalar)."""
+    init_key, train_key = jax.random.split(key)
+    tx = protocol_optimizer(protocol, images.shape[0])
+    state = training.init_train_state(model, init_key, images.shape[1:], tx)
+    state, _ = training.train_epochs(
+        model,
+        tx,
+        state,
+        images,
+        labels,
+        train_key,
+        epochs=protocol.epochs,
+        batch_size=protocol.batch_size,
+        augment=_augment_fn(protocol),
+    )
+    correct = training.predict_correct(
+        model, state.params, state.batch_stats, test_images, test_labels, batch_size=protocol.test_batch_size
+    )
+    return correct / test_labels.shape[0]
+
+
+# Compiled once per (model, protocol, data shapes) for the whole process: the random-real baseline and
+# a second evaluation of the same shapes reuse the programs.
+_train_and_test_one = jax.jit(train_and_test, static_argnums=(0, 1))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _train_and_test_many(model, protocol, keys, images, labels, test_images, test_labels):
+    one = functools.partial(train_and_test, model, protocol)
+    return jax.vmap(one, in_axes=(0, None, None, None, None))(keys, images, labels, test_images, test_labels)
+
+
+def resolve_parallelism(parallel: str, backend: str | None = None) -> str:
+    """'loop' or 'vmap': `parallel` itself, or the measured default of the backend for 'auto'."""
+    if parallel != "auto":
+        return parallel
+    return DEFAULT_PARALLELISM.get(backend or jax.default_backend(), "vmap")
+
+
+def evaluate_model(
+    model: nn.Module,
+    protocol: EvalProtocol,
+    keys: jax.Array,
+    images: jax.Array,
+    labels: jax.Array,
+    test_images: jax.Array,
+    test_labels: jax.Array,
+    *,
+    parallel: str = "auto",
+) -> np.ndarray:
+    """Test accuracies [N] of N fresh networks, one per key in `keys` [N, 2], trained together or in turn.
+
+    Both paths compile one program; 'vmap' trains the N networks as one batched computation, 'loop'
+    calls the single-network program N times. Results agree up to float reassociation.
+    """
+    data = (images, labels, test_images, test_labels)
+    if resolve_parallelism(parallel) == "vmap":
+        return np.asarray(_train_and_test_many(model, protocol, keys, *data))
+    return np.asarray([_train_and_test_one(model, protocol, key, *data) for key in keys])
+
+
+def summarize(accs: Sequence[float], **extra) -> dict:
+    """{'mean', 'std', 'accs'} of accuracies in [0, 1] (population std, as the reference's np.std)."""
+    accs = np.asarray(accs, np.float64)
+    return {"mean": float(accs.mean()), "std": float(accs.std()), "accs": [float(a) for a in accs], **extra}
+
+
+def evaluate_archs(
+    archs: Sequence[str],
+    real: RealData,
+    images: jax.Array,
+    labels: jax.Array,
+    key: jax.Array,
+    *,
+    protocol: EvalProtocol,
+    num_nets: int,
+    parallel: str = "auto",
+    log: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """The protocol for every architecture in `archs`: {arch: {'mean', 'std', 'accs', 'seconds'}}.
+
+    Each architecture gets its networks' keys from `fold_in(key, index)`, so adding an architecture to
+    the list does not change the others' results, and two sets evaluated with the same key see the same
+    network initialisations (paired comparison).
+    """
+    results = {}
+    for index, arch in enumerate(archs):
+        model = get_model(arch, num_classes=real.num_classes, image_shape=real.image_shape)
+        keys = jax.random.split(jax.random.fold_in(key, index), num_nets)
+        start = time.perf_counter()
+        accs = evaluate_model(
+            model, protocol, keys, images, labels, real.test_images, real.test_labels, parallel=parallel
+        )
+        results[arch] = summarize(accs, seconds=round(time.perf_counter() - start, 2))
+        log(f"  {arch:<14} {format_cell(results[arch])}  ({num_nets} nets, {results[arch]['seconds']:.1f} s)")
+    return results
+
+
+def format_cell(summary: dict) -> str:
+    """'mean ± std' in percent with one decimal, as published tables print it."""
+    return f"{100 * summary['mean']:.1f} ± {100 * summary['std']:.1f}"
+
+
+def markdown_table(rows: dict[str, dict[str, dict]], archs: Sequence[str]) -> str:
+    """A cross-architecture table: one row per evaluated set, one column per architecture."""
+    header = "| set | " + " | ".join(archs) + " |"
+    rule = "|---|" + "---|" * len(archs)
+    lines = [header, rule]
+    for name, results in rows.items():
+        cells = [format_cell(results[a]) if a in results else "–" for a in archs]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
