@@ -6,9 +6,11 @@ that are either shared by the whole batch (siamese: the real and synthetic batch
 same key, get the identical transform whatever their sizes) or drawn per image (network training).
 
 Images are NHWC float arrays in the normalised space the networks see. Every op is differentiable with
-respect to the pixels. The geometric ops follow PyTorch's ``affine_grid`` + ``grid_sample`` (bilinear,
-zero padding, ``align_corners=False``, the defaults the reference ran with): in pixel units a source
-coordinate is ``c + A (p - c)``, ``c`` the image centre ``(size - 1) / 2``.
+respect to the pixels. An op only draws parameters for one of three stages: colour (brightness,
+saturation, contrast), an affine warp (crop, flip, scale and rotate) or cutout. The warp follows
+PyTorch's ``affine_grid`` + ``grid_sample`` (bilinear, zero padding, ``align_corners=False``, the
+defaults the reference ran with): in pixel units the source of output pixel p is ``c + A (p - c) + t``,
+``c`` the image centre ``(size - 1) / 2``.
 """
 
 import dataclasses

@@ -19,9 +19,29 @@ def base_config() -> ml_collections.ConfigDict:
     config.ipc = 10
     config.method = "random"
     config.model = "ConvNet"  # the distillation architecture
+    config.init = "real"  # 'real' | 'noise': how the synthetic images start
     config.iterations = 0
     config.seed = 0
     config.checkpoint_every = 100
+    config.keep_checkpoints = 3
+    config.log_every = 10
+    config.eval_at = ""  # comma-separated iterations to evaluate at before the end, e.g. '500,1000'
+    config.resume_with_changed_config = False  # resume although result-changing keys differ
+
+    # Gradient matching (DC / DSA), DESIGN §4.1; the reference values.
+    config.gm = ml_collections.ConfigDict()
+    config.gm.outer_loop = 0  # 0 = the reference table by IPC
+    config.gm.inner_loop = 0  # 0 = the reference table by IPC
+    config.gm.batch_real = 256
+    config.gm.batch_train = 256
+    config.gm.lr_img = 0.1
+    config.gm.momentum_img = 0.5
+    config.gm.lr_net = 0.01
+    config.gm.metric = "ours"  # 'ours' | 'mse' | 'cos'
+    config.gm.num_nets = 1  # K networks matched together
+    config.gm.class_chunk = 0  # 0 = all classes at once
+    config.gm.bn_images_per_class = 16
+    config.gm.dsa_strategy = ""  # '' = the dataset's default strategy
 
     config.eval = ml_collections.ConfigDict()
     config.eval.archs = "ConvNet,MLP,LeNet,AlexNet,VGG11,ResNet18"  # comma-separated; '' = no evaluation
@@ -31,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.lr = 0.01
     config.eval.momentum = 0.9
     config.eval.weight_decay = 5e-4
-    config.eval.augment = "none"  # or a DSA strategy, e.g. 'color_crop_cutout_flip_scale_rotate'
+    config.eval.augment = "none"  # 'none', 'dsa' (the dataset's default strategy) or a DSA strategy string
     config.eval.test_batch_size = 500
     config.eval.parallel = "auto"  # 'loop' | 'vmap' | 'auto' (the measured default of the backend)
     config.eval.baselines = "random"  # comma-separated extra rows: 'random' (real subset, same IPC), 'whole'
@@ -46,7 +66,51 @@ def split_names(value: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in value.split(",") if name.strip())
 
 
-def eval_protocol(eval_config: ml_collections.ConfigDict) -> evaluation.EvalProtocol:
+def split_ints(value: str) -> tuple[int, ...]:
+    """'10, 20' -> (10, 20); '' -> (). Raises UserError on anything but integers."""
+    try:
+        return tuple(int(item) for item in split_names(str(value)))
+    except ValueError:
+        raise UserError(f"{value!r} must be comma-separated integers, e.g. '500,1000'.") from None
+
+
+def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Applies a recipe argument 'key=value,key.sub=value' (the part after ':' in --config=FILE:ARG).
+
+    Each value is converted to the type of the key's default, so `ipc=10` sets an int.
+    """
+    for item in split_names(arg or ""):
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise UserError(f"Recipe argument {item!r} is not key=value, e.g. --config=configs/x.py:ipc=10.")
+        try:
+            current = _lookup(config, key)
+        except (KeyError, AttributeError):
+            raise UserError(f"Recipe argument names an unknown key {key!r}.") from None
+        value = text.lower() in ("1", "true", "yes") if isinstance(current, bool) else type(current)(text)
+        _assign(config, key, value)
+    return config
+
+
+def _lookup(config, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+def _assign(config, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        config = config[part]
+    config[last] = value
+
+
+def resolve_augment(augment_value: str, dataset: str) -> str:
+    """'dsa' means the dataset's default DSA strategy; anything else is taken as it is."""
+    return augment.default_strategy(dataset) if augment_value == "dsa" else augment_value
+
+
+def eval_protocol(eval_config: ml_collections.ConfigDict, dataset: str) -> evaluation.EvalProtocol:
     """The evaluation protocol a config describes."""
     return evaluation.EvalProtocol(
         epochs=eval_config.epochs,
@@ -54,7 +118,7 @@ def eval_protocol(eval_config: ml_collections.ConfigDict) -> evaluation.EvalProt
         lr=eval_config.lr,
         momentum=eval_config.momentum,
         weight_decay=eval_config.weight_decay,
-        augment=eval_config.augment,
+        augment=resolve_augment(eval_config.augment, dataset),
         test_batch_size=eval_config.test_batch_size,
     )
 
@@ -71,7 +135,7 @@ def _is_int(value) -> bool:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises `UserError` naming the first bad value and its fix; cheap (no data, no compilation)."""
     info = data.dataset_info(config.dataset)
-    methods.get_method(config.method)
+    method = methods.get_method(config.method)
     _require(
         _is_int(config.ipc) and config.ipc >= 1,
         f"ipc={config.ipc!r} must be an integer ≥ 1 (images per class), e.g. --config.ipc=10.",
@@ -88,8 +152,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _is_int(config.iterations) and config.iterations >= 0,
         f"iterations={config.iterations!r} must be an integer ≥ 0.",
     )
+    for name in ("checkpoint_every", "keep_checkpoints", "log_every"):
+        value = config[name]
+        _require(_is_int(value) and value >= 1, f"{name}={value!r} must be an integer ≥ 1.")
+    _require(
+        config.init in ("real", "noise"),
+        f"init={config.init!r} must be 'real' or 'noise' (--config.init=real).",
+    )
+    for step in split_ints(config.eval_at):
+        _require(
+            1 <= step <= config.iterations,
+            f"eval_at has {step}, outside 1..iterations={config.iterations}: list iterations within the run.",
+        )
     models.check_input_shape(config.model, info.image_shape, info.num_classes)
     _validate_eval(config.eval, info)
+    if method.validate is not None:
+        method.validate(config, info)
+    elif config.iterations:
+        raise UserError(
+            f"method={config.method!r} has nothing to optimise but iterations={config.iterations}: "
+            "set --config.iterations=0 or choose a distillation method."
+        )
 
 
 def _validate_eval(eval_config: ml_collections.ConfigDict, info) -> None:
@@ -112,7 +195,7 @@ def _validate_eval(eval_config: ml_collections.ConfigDict, info) -> None:
         f"eval.parallel={eval_config.parallel!r} is not one of {evaluation.PARALLELISM_CHOICES}.",
     )
     if eval_config.augment != "none":
-        augment.parse_strategy(eval_config.augment)
+        augment.parse_strategy(resolve_augment(eval_config.augment, info.name))
     for baseline in split_names(eval_config.baselines):
         _require(
             baseline in BASELINES,

@@ -23,7 +23,8 @@ _RUNS = flags.DEFINE_list("runs", [], "--mode=table: run folders whose eval.json
 
 def _dispatch() -> None:
     # Imported here so that --help answers at once.
-    from jaxdd.run import collect_table, evaluate_existing, run
+    from jaxdd.results import collect_table, evaluate_existing
+    from jaxdd.run import run
 
     if _MODE.value == "table":
         if not _RUNS.value:

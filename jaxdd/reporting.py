@@ -64,3 +64,66 @@ def format_seconds(seconds: float) -> str:
     if seconds >= 60:
         return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
     return f"{seconds:.1f}s"
+
+
+def truncate_metrics(path: str | Path, *, after_step: int) -> None:
+    """Drops the metrics.jsonl lines of steps after `after_step` (written before an interruption and
+    about to be recomputed by the resumed run), so each step appears once."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= after_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+class Progress:
+    """Turns (step, metrics) into one progress line: iteration, metrics, it/s, images/s, ETA.
+
+    The rate is measured from the first reported step on, so compilation does not distort it. A
+    metric named 'images' (images pushed through networks per step) gives images/s.
+    """
+
+    def __init__(self, *, total: int):
+        self.total = total
+        self._origin: tuple[float, int] | None = None
+
+    def line(self, step: int, metrics: dict) -> str:
+        now = time.perf_counter()
+        shown = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "images")
+        text = f"iter {step}/{self.total} | {shown}"
+        if self._origin is None:
+            self._origin = (now, step)
+            return text + " | (first steps include compilation)"
+        seconds, steps = now - self._origin[0], step - self._origin[1]
+        if steps <= 0 or seconds <= 0:
+            return text
+        rate = steps / seconds
+        text += f" | {rate:.3g} it/s"
+        if "images" in metrics:
+            text += f" | {rate * metrics['images']:.3g} img/s"
+        return text + f" | ETA {format_seconds((self.total - step) / rate)}"
+
+
+def save_loss_curve(metrics_path: str | Path, out_path: str | Path, *, key: str = "loss") -> bool:
+    """Plots `key` against step from metrics.jsonl to a PNG; returns False when there is nothing to plot."""
+    metrics_path = Path(metrics_path)
+    if not metrics_path.is_file():
+        return False
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    points = [(r["step"], r[key]) for r in records if "step" in r and key in r]
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(*zip(*points, strict=True))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(key)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return True

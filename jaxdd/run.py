@@ -1,175 +1,124 @@
-"""The run driver: validate, load, distil, export, evaluate, and write everything to the run folder.
+"""The run driver: validate, load, distil (resuming from the last checkpoint), export, evaluate.
 
-No math here: methods, evaluation and data are called with arrays and keys derived from `config.seed`.
-Files (DESIGN §1): config.json, metrics.jsonl, synset.npz, synset.png, eval.json, baselines.json, table.md.
+No math here: the method's jitted step does the work; this loop decides when to fetch metrics, log,
+checkpoint and evaluate. Files (DESIGN §1): config.json, metrics.jsonl, checkpoints/, synset.npz,
+synset.png, loss.png, eval.json, baselines.json, table.md.
 """
 
 from __future__ import annotations
 
-import json
-import time
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 
-from jaxdd import data, evaluation, methods, reporting, synthetic
-from jaxdd.config import eval_protocol, split_names, validate
+from jaxdd import checkpointing, methods, reporting, results, synthetic
+from jaxdd.config import split_ints, validate
+from jaxdd.data.real import RealData
 from jaxdd.errors import UserError
-
-# Independent PRNG streams, one per purpose, all from config.seed.
-_PURPOSES = {"distill": 0, "eval": 1, "baseline": 2}
-
-
-def purpose_key(seed: int, purpose: str) -> jax.Array:
-    """The root key of one purpose: fold_in(PRNGKey(seed), id), so streams never overlap."""
-    return jax.random.fold_in(jax.random.PRNGKey(seed), _PURPOSES[purpose])
+from jaxdd.methods.base import DistillState, Method
+from jaxdd.seeding import purpose_key
 
 
 def run(
     config: ml_collections.ConfigDict, workdir: str | Path, *, log: Callable[[str], None] = print
 ) -> dict:
-    """Distils a synthetic set as `config` says, exports it to `workdir` and evaluates it.
+    """Distils a synthetic set as `config` says (or resumes it from `workdir`), exports and evaluates it.
 
     Returns the evaluation results {arch: {'mean', 'std', 'accs', 'seconds'}} (empty without eval archs).
     """
     validate(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    real = results.load_real(config, log)
+    method = methods.get_method(config.method)
+    state = method.init(config, real, purpose_key(config.seed, "distill"))
+    if method.make_step is not None and config.iterations > 0:
+        state = distill(config, method, real, state, workdir, log=log)
     reporting.write_json(workdir / "config.json", config.to_dict())
+    export(config, real, state.synset, workdir, log=log)
+    return results.evaluate_synset(config, real, state.synset, workdir, log=log)
 
-    real = _load(config, log)
-    start = time.perf_counter()
-    synset = methods.get_method(config.method)(config, real, purpose_key(config.seed, "distill"))
-    reporting.append_metrics(
-        workdir / "metrics.jsonl", {"event": "distilled", "seconds": round(time.perf_counter() - start, 3)}
-    )
+
+def distill(
+    config: ml_collections.ConfigDict,
+    method: Method,
+    real: RealData,
+    state: DistillState,
+    workdir: Path,
+    *,
+    log: Callable[[str], None] = print,
+) -> DistillState:
+    """Runs the method's outer step until `config.iterations`, resuming from workdir/checkpoints.
+
+    Metrics stay on the device between fetches; every fetch checks them for non-finite values before
+    anything is saved, so a diverged run stops naming the iteration and keeps its last good checkpoint.
+    """
+    metrics_path = workdir / "metrics.jsonl"
+    checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
+    try:
+        restored = checkpointer.restore_latest(
+            state, config.to_dict(), allow_config_change=config.resume_with_changed_config, log=log
+        )
+        if restored is not None:
+            state, step = restored
+            reporting.truncate_metrics(metrics_path, after_step=step)
+            log(f"Resumed from the checkpoint of iteration {step} in {workdir / 'checkpoints'}")
+        reporting.write_json(workdir / "config.json", config.to_dict())
+        step_fn = method.make_step(config, real)
+        first = int(state.step)
+        eval_at = set(split_ints(config.eval_at))
+        progress = reporting.Progress(total=config.iterations)
+        pending = []
+        for done in range(first + 1, config.iterations + 1):
+            state, metrics = step_fn(state, real)
+            pending.append((done, metrics))
+            save = done % config.checkpoint_every == 0 or done == config.iterations
+            if save or done % config.log_every == 0 or done in eval_at:
+                _flush(pending, metrics_path, progress, log=log)
+                pending = []
+            if save:
+                checkpointer.save(done, state, config.to_dict())
+            if done in eval_at and done != config.iterations:
+                results.evaluate_during_run(config, real, state.synset, workdir, iteration=done, log=log)
+    finally:
+        checkpointer.close()
+    return state
+
+
+def _flush(pending: list, metrics_path: Path, progress: reporting.Progress, *, log) -> None:
+    """Fetches the pending steps' metrics, stops on the first non-finite one, logs and records them."""
+    fetched = jax.device_get(pending)
+    for step, metrics in fetched:
+        bad = [name for name, value in metrics.items() if not math.isfinite(float(np.asarray(value)))]
+        if bad:
+            raise UserError(
+                f"Iteration {step}: {', '.join(bad)} became non-finite ({metrics}). The run stopped; its "
+                "last good checkpoint is kept and a rerun resumes from it. Lower the image learning rate "
+                "or check the data normalisation."
+            )
+        reporting.append_metrics(metrics_path, {"step": step, **{k: float(v) for k, v in metrics.items()}})
+    step, metrics = fetched[-1]
+    log(progress.line(step, {k: float(v) for k, v in metrics.items()}))
+
+
+def export(
+    config: ml_collections.ConfigDict,
+    real: RealData,
+    synset: synthetic.SyntheticSet,
+    workdir: Path,
+    *,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Writes synset.npz, synset.png and, when metrics exist, the loss curve loss.png."""
     meta = {"dataset": config.dataset, "ipc": config.ipc, "method": config.method, "seed": config.seed}
     synthetic.save_npz(workdir / "synset.npz", synset, mean=real.mean, std=real.std, meta=meta)
     reporting.save_image_grid(
         workdir / "synset.png", synset.images, num_rows=real.num_classes, mean=real.mean, std=real.std
     )
-    log(f"Wrote {workdir / 'synset.npz'} ({synset.images.shape[0]} images) and synset.png")
-    return evaluate_synset(config, real, synset, workdir, log=log)
-
-
-def evaluate_synset(
-    config: ml_collections.ConfigDict,
-    real: data.RealData,
-    synset: synthetic.SyntheticSet,
-    workdir: Path,
-    *,
-    log: Callable[[str], None] = print,
-) -> dict:
-    """Evaluates `synset` and the configured baselines on `config.eval.archs`; writes eval.json,
-    baselines.json and table.md in `workdir` and prints the table."""
-    archs = split_names(config.eval.archs)
-    if not archs:
-        log("eval.archs is empty: no evaluation.")
-        return {}
-    protocol = eval_protocol(config.eval)
-    eval_key = purpose_key(config.seed, "eval")
-    evaluate = lambda name, images, labels: _evaluate_set(
-        name, images, labels, archs, real, eval_key, config, protocol, workdir, log
-    )
-
-    results = evaluate(f"{config.method} (IPC {config.ipc})", synset.images, synset.labels)
-    reporting.write_json(workdir / "eval.json", results)
-    rows = {f"{config.method}, IPC {config.ipc}": results}
-    baselines = {}
-    for baseline in split_names(config.eval.baselines):
-        if baseline == "random" and config.method != "random":
-            subset = synthetic.init_real(real, config.ipc, purpose_key(config.seed, "baseline"))
-            baselines[f"random real, IPC {config.ipc}"] = evaluate(
-                "random real", subset.images, subset.labels
-            )
-        elif baseline == "whole":
-            baselines["whole training set"] = evaluate("whole set", real.train_images, real.train_labels)
-    rows.update(baselines)
-    if baselines:
-        reporting.write_json(workdir / "baselines.json", baselines)
-
-    table = evaluation.markdown_table(rows, archs) + "\n" + describe_protocol(config)
-    (workdir / "table.md").write_text(table)
-    log("\n" + table)
-    return results
-
-
-def describe_protocol(config: ml_collections.ConfigDict) -> str:
-    """One line stating everything the evaluation used, written beside the result."""
-    e = config.eval
-    return (
-        f"Protocol: {config.dataset}, test accuracy (%) mean ± std over {e.num_nets} networks per "
-        f"architecture; "
-        f"SGD lr {e.lr} momentum {e.momentum} weight decay {e.weight_decay}, batch {e.batch_size}, "
-        f"{e.epochs} epochs, lr ×0.1 at half, augmentation {e.augment!r}, seed {config.seed}.\n"
-    )
-
-
-def _evaluate_set(name, images, labels, archs, real, key, config, protocol, workdir, log) -> dict:
-    log(f"Evaluating {name} ({images.shape[0]} images) on {', '.join(archs)}:")
-    results = evaluation.evaluate_archs(
-        archs,
-        real,
-        images,
-        labels,
-        key,
-        protocol=protocol,
-        num_nets=config.eval.num_nets,
-        parallel=config.eval.parallel,
-        log=log,
-    )
-    for arch, summary in results.items():
-        record = {"event": "eval", "set": name, "arch": arch}
-        record.update({k: summary[k] for k in ("mean", "std", "seconds")})
-        reporting.append_metrics(workdir / "metrics.jsonl", record)
-    return results
-
-
-def _load(config: ml_collections.ConfigDict, log: Callable[[str], None]) -> data.RealData:
-    start = time.perf_counter()
-    real = data.load(config.dataset, data_dir=config.data_dir or None)
-    log(
-        f"Loaded {config.dataset}: {real.train_images.shape[0]} train / {real.test_images.shape[0]} "
-        f"test images of {real.image_shape} in {time.perf_counter() - start:.1f} s"
-    )
-    return real
-
-
-def evaluate_existing(
-    config: ml_collections.ConfigDict,
-    workdir: str | Path,
-    *,
-    synset_path: str | Path | None = None,
-    log=print,
-) -> dict:
-    """Evaluates a saved synthetic set (default: `workdir`/synset.npz) with `config.eval`."""
-    validate(config)
-    workdir = Path(workdir)
-    synset, _ = synthetic.load_npz(synset_path or workdir / "synset.npz")
-    info = data.dataset_info(config.dataset)
-    if tuple(synset.images.shape[1:]) != tuple(info.image_shape):
-        raise UserError(
-            f"The synthetic set's images are {tuple(synset.images.shape[1:])} but {config.dataset!r} has "
-            f"{tuple(info.image_shape)}: pass the --config.dataset the set was distilled on."
-        )
-    workdir.mkdir(parents=True, exist_ok=True)
-    real = _load(config, log)
-    return evaluate_synset(config, real, synset, workdir, log=log)
-
-
-def collect_table(run_dirs: list[str | Path]) -> str:
-    """One cross-architecture markdown table from the eval.json (and baselines.json) of several runs."""
-    rows, archs = {}, []
-    for run_dir in map(Path, run_dirs):
-        eval_path = run_dir / "eval.json"
-        if not eval_path.is_file():
-            raise UserError(f"{str(run_dir)!r} has no eval.json: evaluate it first (--mode=evaluate).")
-        rows[run_dir.name] = json.loads(eval_path.read_text())
-        baselines_path = run_dir / "baselines.json"
-        if baselines_path.is_file():
-            for name, results in json.loads(baselines_path.read_text()).items():
-                rows.setdefault(name, results)
-        archs += [a for a in rows[run_dir.name] if a not in archs]
-    return evaluation.markdown_table(rows, archs)
+    curve = reporting.save_loss_curve(workdir / "metrics.jsonl", workdir / "loss.png")
+    extra = ", loss.png" if curve else ""
+    log(f"Wrote {workdir / 'synset.npz'} ({synset.images.shape[0]} images), synset.png{extra}")

@@ -139,6 +139,16 @@ def test_contrast_keeps_the_image_mean():
     np.testing.assert_allclose(out[1] - out[1].mean(), 1.5 * (x[1] - x[1].mean()), atol=1e-5)
 
 
+def test_warp_point_reflection_and_per_image_matrices():
+    x = _images(2, 4, 5)
+    np.testing.assert_array_equal(aug.warp(x, -jnp.eye(2), jnp.zeros(2)), x[:, ::-1, ::-1])
+    matrices = jnp.stack([jnp.eye(2), jnp.array([[1.0, 0.0], [0.0, -1.0]])])
+    out = aug.warp(x, matrices, jnp.array([[1.0, 0.0], [0.0, 0.0]]))
+    np.testing.assert_array_equal(out[0, :-1], x[0, 1:])  # shifted up one row, last row zero
+    np.testing.assert_array_equal(out[0, -1], 0)
+    np.testing.assert_array_equal(out[1], x[1, :, ::-1])
+
+
 def test_unit_scale_and_zero_rotation_are_the_identity():
     x = _images(2, 6, 7)
     np.testing.assert_array_equal(aug.scale(x, 1.0, 1.0), x)

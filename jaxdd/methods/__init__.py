@@ -1,13 +1,14 @@
-"""Distillation methods, one registry: `get_method(name)` returns a function
-`distill(config, real, key) -> SyntheticSet` (config read at this edge, math in pure functions)."""
+"""Distillation methods, one registry: `get_method(name)` returns a `Method` (see `methods.base`):
+`init(config, real, key) -> DistillState` and `make_step(config, real) -> step(state, real)`."""
 
 from __future__ import annotations
 
 from jaxdd.errors import UserError
 from jaxdd.methods import random_subset
+from jaxdd.methods.base import DistillState, Method
 
-METHODS = {
-    "random": random_subset.distill,
+METHODS: dict[str, Method] = {
+    "random": random_subset.METHOD,
 }
 
 
@@ -15,8 +16,11 @@ def method_names() -> tuple[str, ...]:
     return tuple(METHODS)
 
 
-def get_method(name: str):
-    """The distill function registered under `name`; an unknown name lists the valid ones."""
+def get_method(name: str) -> Method:
+    """The method registered under `name`; an unknown name lists the valid ones."""
     if name not in METHODS:
         raise UserError(f"Unknown method {name!r}: set --config.method to one of {', '.join(METHODS)}.")
     return METHODS[name]
+
+
+__all__ = ["METHODS", "DistillState", "Method", "get_method", "method_names"]

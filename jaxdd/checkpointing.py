@@ -1,0 +1,306 @@
+"""Orbax save/restore of the run state: the whole state pytree plus the config it was made with.
+
+A checkpoint directory (`<workdir>/checkpoints`) holds one sub-directory per saved step, `<step>/`, with
+two items: `state` (the pytree, e.g. a `DistillState`: images, labels, optimiser state, PRNG key, step)
+and `config` (the run config as JSON). Saves are asynchronous: `save` returns once the arrays are copied
+off the device and the files are written in the background; `wait`/`close` block until they are done.
+
+What an interrupted save leaves behind, and how it is handled (orbax-checkpoint 0.12, local disk):
+Orbax writes a step into `<step>.orbax-checkpoint-tmp/` and, once every file is written, adds
+`commit_success.txt` and renames the folder to `<step>/`. A process killed mid-save leaves only the tmp
+folder: step discovery never lists it (a step is a folder named by digits alone), the manager deletes such
+folders when it is created (`cleanup_tmp_directories`) and a new save of the same step replaces it. A
+finalised step can still be unreadable (a disk filled up, a file truncated or deleted by hand, an old step
+half-deleted when its deletion was interrupted): `restore_latest` then warns, naming the step and the error,
+and falls back to the step before. Unreadable steps newer than the one restored are moved aside to
+`<step>.unreadable` (kept, never deleted; Orbax ignores the name) so that the resumed run can save those
+step numbers again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxdd.errors import UserError
+
+# Config keys (dotted paths; an entry also covers every key below it) that do not change the distilled
+# result, so a run may resume although they differ from the checkpointed config:
+IGNORED_CONFIG_KEYS: tuple[str, ...] = (
+    "eval",  # evaluation of the finished (or intermediate) synthetic set, not the distillation
+    "eval_at",  # when intermediate evaluations happen
+    "iterations",  # raising it extends a run; the iterations already done are unchanged
+    "checkpoint_every",  # checkpoint cadence
+    "keep_checkpoints",  # how many checkpoints are kept
+    "log_every",  # logging cadence
+    "resume_with_changed_config",  # the override itself
+    "data_dir",  # where the same named dataset is read from
+)
+
+_UNREADABLE_SUFFIX = ".unreadable"
+_MISSING = "<absent>"
+
+
+class Checkpointer:
+    """Saves and restores a state pytree and its config under `directory` with Orbax.
+
+    Args:
+      directory: the checkpoint folder (created if missing), e.g. `<workdir>/checkpoints`.
+      max_to_keep: how many of the latest steps are kept; older ones are deleted after each save.
+      async_save: write files in a background thread (`save` returns after the device-to-host copy).
+    """
+
+    def __init__(self, directory: str | Path, *, max_to_keep: int = 3, async_save: bool = True):
+        if max_to_keep < 1:
+            raise UserError(f"max_to_keep (keep_checkpoints) = {max_to_keep!r} must be ≥ 1, e.g. 3.")
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()},
+            options=options,
+        )
+        self._closed = False
+
+    def steps(self) -> list[int]:
+        """The finalised steps on disk, ascending (unfinished saves are not listed)."""
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, config: Mapping) -> None:
+        """Saves `state` (a pytree of arrays) and `config` (a dict or ConfigDict, stored as JSON) at `step`.
+
+        Asynchronous where enabled: returns once the arrays are copied to host memory. A step that already
+        exists raises (Orbax's StepAlreadyExistsError).
+        """
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(_jsonable(config))
+        )
+        self._manager.save(int(step), args=args, force=True)
+
+    def wait(self) -> None:
+        """Blocks until every pending asynchronous save is on disk; raises if one of them failed."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finishes pending saves and releases Orbax's threads; call it in a `finally`. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def restore_latest(
+        self,
+        abstract_state: Any,
+        config: Mapping,
+        *,
+        allow_config_change: bool = False,
+        ignored_keys: Sequence[str] = IGNORED_CONFIG_KEYS,
+        log: Callable[[str], None] = print,
+    ) -> tuple[Any, int] | None:
+        """Restores the newest readable checkpoint into the structure of `abstract_state`.
+
+        Args:
+          abstract_state: a pytree of arrays or `jax.ShapeDtypeStruct`s (e.g. `jax.eval_shape` of the
+            method's init, or the init state itself) giving structure, shapes, dtypes (and shardings).
+          config: the current run config (dict or ConfigDict), compared with the checkpointed one.
+          allow_config_change: resume although keys outside `ignored_keys` differ (they are logged).
+          ignored_keys: dotted config paths (and everything below them) that may differ.
+          log: receives the one-line warnings (unreadable steps skipped, config changes allowed).
+
+        Returns:
+          (state, step), the state with exactly the saved values, or None when no checkpoint exists.
+
+        Raises:
+          UserError: the checkpointed config differs in a result-changing key; the checkpoint holds a
+            differently shaped state; or checkpoints exist but none of them can be read.
+        """
+        self._manager.reload()
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
+            return None
+        current = _jsonable(config)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        unreadable: list[tuple[int, str]] = []
+        for index, step in enumerate(steps):
+            try:
+                saved = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+                _check_config(
+                    saved.config, current, step, self.directory, allow_config_change, ignored_keys, log
+                )
+                _check_structure(self._manager.item_metadata(step).state, abstract, step, self.directory)
+                restored = self._manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                )
+            except (UserError, MemoryError):
+                raise
+            except Exception as error:  # a corrupt or half-deleted step: any error Orbax/TensorStore raise
+                _quiet_closed_loop_callbacks()
+                reason = _short(error)
+                unreadable.append((step, reason))
+                following = f"trying iteration {steps[index + 1]}" if index + 1 < len(steps) else "none older"
+                log(
+                    f"Warning: the checkpoint of iteration {step} in {self.directory} cannot be read "
+                    f"({reason}); {following}."
+                )
+                continue
+            self._set_aside([s for s, _ in unreadable], log)
+            return restored.state, int(step)
+        details = "; ".join(f"iteration {s}: {reason}" for s, reason in unreadable)
+        raise UserError(
+            f"None of the checkpoints in {self.directory} can be read ({details}). Nothing was changed. "
+            f"Use a new --workdir to start afresh, or move {self.directory} away."
+        )
+
+    def _set_aside(self, steps: list[int], log: Callable[[str], None]) -> None:
+        """Renames unreadable step folders to `<step>.unreadable[-n]` so the resumed run can reuse them."""
+        for step in steps:
+            source = self.directory / str(step)
+            target = self.directory / f"{step}{_UNREADABLE_SUFFIX}"
+            n = 1
+            while target.exists():
+                n += 1
+                target = self.directory / f"{step}{_UNREADABLE_SUFFIX}-{n}"
+            source.rename(target)
+            log(f"Moved the unreadable checkpoint of iteration {step} to {target} (safe to delete).")
+        if steps:
+            self._manager.reload()
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """Drops the 'Event loop is closed' tracebacks that a failed restore otherwise prints.
+
+    When TensorStore fails one read of a restore, Orbax's event loop ends while TensorStore's other reads
+    are still completing; their callbacks then raise in TensorStore's threads, a few milliseconds after
+    `restore` returned, and Python prints each as an ignored exception. They are harmless (the failure
+    itself was raised and handled) but arrive too late for a scoped handler, so the filter stays installed
+    for the process; it drops only that message and passes every other unraisable exception on.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxdd_quiet_closed_loop", False):
+        return
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._jaxdd_quiet_closed_loop = True
+    sys.unraisablehook = hook
+
+
+def config_differences(
+    old: Mapping, new: Mapping, *, ignored_keys: Sequence[str] = IGNORED_CONFIG_KEYS
+) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (old value, new value)} for keys that differ and are not under `ignored_keys`.
+
+    A key present on one side only shows '<absent>' on the other.
+    """
+    old_flat, new_flat = _flatten(_jsonable(old)), _flatten(_jsonable(new))
+    differences = {}
+    for key in sorted(old_flat.keys() | new_flat.keys()):
+        if any(key == ignored or key.startswith(ignored + ".") for ignored in ignored_keys):
+            continue
+        before, after = old_flat.get(key, _MISSING), new_flat.get(key, _MISSING)
+        if before != after:
+            differences[key] = (before, after)
+    return differences
+
+
+def _check_config(saved, current, step, directory, allow_change, ignored_keys, log) -> None:
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"the stored config is {type(saved).__name__}, not a JSON object")
+    differences = config_differences(saved, current, ignored_keys=ignored_keys)
+    if not differences:
+        return
+    listed = ", ".join(f"{key}: {old!r} → {new!r}" for key, (old, new) in differences.items())
+    if allow_change:
+        log(f"Warning: resuming iteration {step} from {directory} with a changed config ({listed}).")
+        return
+    raise UserError(
+        f"The checkpoint of iteration {step} in {directory} was made with a different config "
+        f"({listed}); these keys change the result, so resuming would mix two runs. Use a new --workdir "
+        "for the new config, or pass --config.resume_with_changed_config=True to resume anyway."
+    )
+
+
+def _check_structure(metadata, abstract, step, directory) -> None:
+    """Raises UserError when the stored tree's paths, shapes or dtypes differ from `abstract`'s."""
+    if metadata is None or getattr(metadata, "tree", None) is None:
+        raise ValueError("the state's metadata is missing")
+    stored, expected = _leaf_specs(metadata.tree), _leaf_specs(abstract)
+    if stored == expected:
+        return
+    keys = sorted(stored.keys() | expected.keys())
+    diffs = [
+        f"{key}: stored {_spec_str(stored.get(key))}, expected {_spec_str(expected.get(key))}"
+        for key in keys
+        if stored.get(key) != expected.get(key)
+    ]
+    raise UserError(
+        f"The checkpoint of iteration {step} in {directory} holds a differently shaped state than this run "
+        f"builds ({'; '.join(diffs[:5])}{'; ...' if len(diffs) > 5 else ''}), e.g. after a code change. "
+        "Use a new --workdir to start afresh."
+    )
+
+
+def _leaf_specs(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{'opt_state/0/trace': (shape, dtype name)} for every array leaf of `tree`."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {
+        "/".join(_key_name(k) for k in path): (tuple(leaf.shape), np.dtype(leaf.dtype).name)
+        for path, leaf in leaves
+    }
+
+
+def _key_name(key) -> str:
+    for attribute in ("name", "key", "idx"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def _spec_str(spec) -> str:
+    return "nothing" if spec is None else f"{spec[1]}{list(spec[0])}"
+
+
+def _jsonable(config) -> dict:
+    """A plain JSON-compatible dict (ConfigDicts via `to_dict`, tuples as lists, other objects as str)."""
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    return json.loads(json.dumps(config, default=str))
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _short(error: Exception) -> str:
+    """The error's type and first line, without TensorStore's long spec dumps."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = text.split(" [tensorstore_spec=")[0]
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

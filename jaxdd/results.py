@@ -1,0 +1,170 @@
+"""A run's evaluation and its files: eval.json, baselines.json and table.md, and one table from many runs.
+
+The protocol itself is `jaxdd.evaluation`; this module decides what is evaluated (the distilled set and
+the configured baselines, with keys from `config.seed`) and writes it beside the run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import ml_collections
+
+from jaxdd import data, evaluation, reporting, synthetic
+from jaxdd.config import eval_protocol, split_names, validate
+from jaxdd.errors import UserError
+from jaxdd.seeding import purpose_key
+
+
+def evaluate_synset(
+    config: ml_collections.ConfigDict,
+    real: data.RealData,
+    synset: synthetic.SyntheticSet,
+    workdir: Path,
+    *,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Evaluates `synset` and the configured baselines on `config.eval.archs`; writes eval.json,
+    baselines.json and table.md in `workdir` and prints the table."""
+    archs = split_names(config.eval.archs)
+    if not archs:
+        log("eval.archs is empty: no evaluation.")
+        return {}
+    protocol = eval_protocol(config.eval, config.dataset)
+    eval_key = purpose_key(config.seed, "eval")
+    evaluate = lambda name, images, labels: _evaluate_set(
+        name, images, labels, archs, real, eval_key, config, protocol, workdir, log
+    )
+
+    results = evaluate(f"{config.method} (IPC {config.ipc})", synset.images, synset.labels)
+    reporting.write_json(workdir / "eval.json", results)
+    rows = {f"{config.method}, IPC {config.ipc}": results}
+    baselines = {}
+    for baseline in split_names(config.eval.baselines):
+        if baseline == "random" and config.method != "random":
+            subset = synthetic.init_real(real, config.ipc, purpose_key(config.seed, "baseline"))
+            baselines[f"random real, IPC {config.ipc}"] = evaluate(
+                "random real", subset.images, subset.labels
+            )
+        elif baseline == "whole":
+            baselines["whole training set"] = evaluate("whole set", real.train_images, real.train_labels)
+    rows.update(baselines)
+    if baselines:
+        reporting.write_json(workdir / "baselines.json", baselines)
+
+    table = evaluation.markdown_table(rows, archs) + "\n" + describe_protocol(config)
+    (workdir / "table.md").write_text(table)
+    log("\n" + table)
+    return results
+
+
+def evaluate_during_run(
+    config: ml_collections.ConfigDict,
+    real: data.RealData,
+    synset: synthetic.SyntheticSet,
+    workdir: Path,
+    *,
+    iteration: int,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Evaluates the set at an intermediate iteration (config.eval_at); records it in metrics.jsonl only."""
+    archs = split_names(config.eval.archs)
+    if not archs:
+        return {}
+    name = f"{config.method} at iteration {iteration}"
+    return _evaluate_set(
+        name,
+        synset.images,
+        synset.labels,
+        archs,
+        real,
+        purpose_key(config.seed, "eval"),
+        config,
+        eval_protocol(config.eval, config.dataset),
+        workdir,
+        log,
+        step=iteration,
+    )
+
+
+def describe_protocol(config: ml_collections.ConfigDict) -> str:
+    """One line stating everything the evaluation used, written beside the result."""
+    e = config.eval
+    return (
+        f"Protocol: {config.dataset}, test accuracy (%) mean ± std over {e.num_nets} networks per "
+        f"architecture; "
+        f"SGD lr {e.lr} momentum {e.momentum} weight decay {e.weight_decay}, batch {e.batch_size}, "
+        f"{e.epochs} epochs, lr ×0.1 at half, augmentation {e.augment!r}, seed {config.seed}.\n"
+    )
+
+
+def _evaluate_set(name, images, labels, archs, real, key, config, protocol, workdir, log, step=None) -> dict:
+    log(f"Evaluating {name} ({images.shape[0]} images) on {', '.join(archs)}:")
+    results = evaluation.evaluate_archs(
+        archs,
+        real,
+        images,
+        labels,
+        key,
+        protocol=protocol,
+        num_nets=config.eval.num_nets,
+        parallel=config.eval.parallel,
+        log=log,
+    )
+    for arch, summary in results.items():
+        record = {"event": "eval", "set": name, "arch": arch, **({"step": step} if step else {})}
+        record.update({k: summary[k] for k in ("mean", "std", "seconds")})
+        reporting.append_metrics(workdir / "metrics.jsonl", record)
+    return results
+
+
+def load_real(config: ml_collections.ConfigDict, log: Callable[[str], None]) -> data.RealData:
+    """The real dataset the config names, with a one-line report of its size and load time."""
+    start = time.perf_counter()
+    real = data.load(config.dataset, data_dir=config.data_dir or None)
+    log(
+        f"Loaded {config.dataset}: {real.train_images.shape[0]} train / {real.test_images.shape[0]} "
+        f"test images of {real.image_shape} in {time.perf_counter() - start:.1f} s"
+    )
+    return real
+
+
+def evaluate_existing(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    synset_path: str | Path | None = None,
+    log=print,
+) -> dict:
+    """Evaluates a saved synthetic set (default: `workdir`/synset.npz) with `config.eval`."""
+    validate(config)
+    workdir = Path(workdir)
+    synset, _ = synthetic.load_npz(synset_path or workdir / "synset.npz")
+    info = data.dataset_info(config.dataset)
+    if tuple(synset.images.shape[1:]) != tuple(info.image_shape):
+        raise UserError(
+            f"The synthetic set's images are {tuple(synset.images.shape[1:])} but {config.dataset!r} has "
+            f"{tuple(info.image_shape)}: pass the --config.dataset the set was distilled on."
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    real = load_real(config, log)
+    return evaluate_synset(config, real, synset, workdir, log=log)
+
+
+def collect_table(run_dirs: list[str | Path]) -> str:
+    """One cross-architecture markdown table from the eval.json (and baselines.json) of several runs."""
+    rows, archs = {}, []
+    for run_dir in map(Path, run_dirs):
+        eval_path = run_dir / "eval.json"
+        if not eval_path.is_file():
+            raise UserError(f"{str(run_dir)!r} has no eval.json: evaluate it first (--mode=evaluate).")
+        rows[run_dir.name] = json.loads(eval_path.read_text())
+        baselines_path = run_dir / "baselines.json"
+        if baselines_path.is_file():
+            for name, results in json.loads(baselines_path.read_text()).items():
+                rows.setdefault(name, results)
+        archs += [a for a in rows[run_dir.name] if a not in archs]
+    return evaluation.markdown_table(rows, archs)
