@@ -9,6 +9,7 @@ import ml_collections
 
 from jaxdd import augment, data, evaluation, methods, models
 from jaxdd.errors import UserError
+from jaxdd.methods import gradient_matching
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -29,19 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.resume_with_changed_config = False  # resume although result-changing keys differ
 
     # Gradient matching (DC / DSA), DESIGN §4.1; the reference values.
-    config.gm = ml_collections.ConfigDict()
-    config.gm.outer_loop = 0  # 0 = the reference table by IPC
-    config.gm.inner_loop = 0  # 0 = the reference table by IPC
-    config.gm.batch_real = 256
-    config.gm.batch_train = 256
-    config.gm.lr_img = 0.1
-    config.gm.momentum_img = 0.5
-    config.gm.lr_net = 0.01
-    config.gm.metric = "ours"  # 'ours' | 'mse' | 'cos'
-    config.gm.num_nets = 1  # K networks matched together
-    config.gm.class_chunk = 0  # 0 = all classes at once
-    config.gm.bn_images_per_class = 16
-    config.gm.dsa_strategy = ""  # '' = the dataset's default strategy
+    config.gm = gradient_matching.default_config()
 
     config.eval = ml_collections.ConfigDict()
     config.eval.archs = "ConvNet,MLP,LeNet,AlexNet,VGG11,ResNet18"  # comma-separated; '' = no evaluation

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 from jaxdd.errors import UserError
-from jaxdd.methods import random_subset
+from jaxdd.methods import gradient_matching, random_subset
 from jaxdd.methods.base import DistillState, Method
 
 METHODS: dict[str, Method] = {
     "random": random_subset.METHOD,
+    "dc": gradient_matching.METHOD,
+    "dsa": gradient_matching.METHOD,
 }
 
 

@@ -1,0 +1,373 @@
+"""Gradient matching: DC (Zhao, Mopuri & Bilen, ICLR 2021) and DSA (Zhao & Bilen, ICML 2021).
+
+One outer iteration, as the reference `main.py` (VICO-UoE/DatasetCondensation; DESIGN §4.1): K fresh
+networks; `outer_loop` times { BN nets: refresh the running statistics with `bn_images_per_class` real
+images per class in train mode (PyTorch momentum 0.1), then freeze them; match (`matching_loss`) and
+take one SGD(lr_img, momentum_img) pixel step on the loss summed over classes, averaged over the K
+networks; unless last, train each network `inner_loop` EPOCHS over the synthetic set (plain SGD lr_net,
+shuffled batches of `batch_train`, per-image DSA for 'dsa') }.
+
+The iteration is ONE jitted program, `outer_step`, compiled once per (architecture, `Settings`) and
+cached across `make_step` calls: the outer loop a `scan` (none when outer_loop is 1), the inner
+training `training.train_epochs` (a `scan`) behind a `cond` that skips it after the last match.
+Randomness: step t uses `fold_in(state.key, t)`, split into the networks' initialisation and one key
+per outer-loop step (BN batch, matching, inner training), so a resumed run repeats exactly. Count
+compilations with `outer_step._cache_size()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxdd import augment, synthetic, training
+from jaxdd.data.real import RealData, class_indices
+from jaxdd.errors import UserError
+from jaxdd.methods.base import DistillState, Method
+from jaxdd.methods.matching_distance import METRICS, distance
+from jaxdd.methods.matching_loss import (
+    CLASS_LOOPS,
+    NET_LOOPS,
+    matching_loss,
+    matching_loss_and_grad,
+    over_nets,
+    stacked_matching_loss,
+    stacked_matching_loss_and_grad,
+)
+from jaxdd.models import get_model
+
+__all__ = [
+    "METHOD",
+    "Settings",
+    "default_config",
+    "distance",
+    "init",
+    "loops_for_ipc",
+    "make_step",
+    "matching_loss",
+    "matching_loss_and_grad",
+    "outer_step",
+    "stacked_matching_loss",
+    "stacked_matching_loss_and_grad",
+    "validate",
+]
+
+# (outer_loop, inner_loop) by IPC: the reference's `get_loops`.
+LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+# How classes and the K networks are iterated when the config says 'auto' / -1. CPU: measured with
+# benchmarks/bench_gradient_matching.py (results/): XLA:CPU runs a weight-gradient convolution inside a
+# while loop (lax.map/scan) or under vmap (a grouped convolution) many times slower, so classes and
+# networks are unrolled in the program. Accelerators (not measured here): compact programs, classes
+# vmapped in groups of 10 (all classes of a 10-class set; bounded memory for CIFAR-100).
+BACKEND_DEFAULTS = {
+    "cpu": {"parallel": "loop", "class_chunk": 1, "class_loop": "unroll"},
+    "gpu": {"parallel": "vmap", "class_chunk": 10, "class_loop": "map"},
+    "tpu": {"parallel": "vmap", "class_chunk": 10, "class_loop": "map"},
+}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `config.gm` defaults (the reference's, DESIGN §4.1); 0 loops = from the IPC table."""
+    return ml_collections.ConfigDict(
+        {
+            "outer_loop": 0,  # 0: the reference's value for the IPC (LOOPS)
+            "inner_loop": 0,  # inner training EPOCHS per outer step; 0: from LOOPS
+            "batch_real": 256,  # real images per class per match, capped to the smallest class
+            "batch_train": 256,  # inner-loop batch size
+            "lr_img": 0.1,
+            "momentum_img": 0.5,
+            "lr_net": 0.01,
+            "metric": "ours",  # 'ours' | 'mse' | 'cos'
+            "num_nets": 1,  # K networks per iteration, the loss averaged over them
+            "class_chunk": -1,  # classes per vmap group; 0: all at once; -1: BACKEND_DEFAULTS
+            "class_loop": "auto",  # over class groups: 'map' (lax.map) | 'unroll' | 'auto'
+            "bn_images_per_class": 16,  # real images per class that set BatchNorm statistics
+            "dsa_strategy": "",  # '' = augment.default_strategy(dataset); method 'dsa' only
+            "parallel": "auto",  # over the K networks: 'vmap' | 'loop' | 'map' | 'auto' (BACKEND_DEFAULTS)
+        }
+    )
+
+
+def loops_for_ipc(ipc: int, outer: int = 0, inner: int = 0) -> tuple[int, int]:
+    """(outer_loop, inner_loop): the given values, each 0 replaced by the reference's table entry."""
+    if outer and inner:
+        return outer, inner
+    if ipc not in LOOPS:
+        raise UserError(
+            f"gm.outer_loop and gm.inner_loop have no reference values for ipc={ipc} (the table covers "
+            f"ipc {', '.join(map(str, LOOPS))}): set both explicitly, e.g. --config.gm.outer_loop=10 "
+            "--config.gm.inner_loop=50."
+        )
+    table_outer, table_inner = LOOPS[ipc]
+    return outer or table_outer, inner or table_inner
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything static about one gradient-matching run (hashable: a `jit` static argument).
+
+    strategy: the DSA strategy of matching and inner training, '' for none (DC). class_chunk (0: all
+    classes in one vmap), class_loop ('map' | 'unroll') and parallel ('vmap' | 'loop' | 'map' over the
+    K networks) choose how the work is iterated, never its result (see `matching_loss`).
+    """
+
+    outer_loop: int
+    inner_loop: int
+    batch_real: int
+    batch_train: int = 256
+    lr_img: float = 0.1
+    momentum_img: float = 0.5
+    lr_net: float = 0.01
+    metric: str = "ours"
+    num_nets: int = 1
+    bn_images_per_class: int = 16
+    strategy: str = ""
+    class_chunk: int = 0
+    class_loop: str = "map"
+    parallel: str = "vmap"
+
+    @property
+    def pixel_optimizer(self) -> optax.GradientTransformation:
+        return optax.sgd(self.lr_img, momentum=self.momentum_img or None)
+
+    @property
+    def net_optimizer(self) -> optax.GradientTransformation:
+        return optax.sgd(self.lr_net)  # the reference's inner loop: plain SGD, no momentum
+
+    @property
+    def loss_options(self) -> dict:
+        """Keyword arguments of `matching_loss` / `stacked_matching_loss`."""
+        return {
+            "batch_real": self.batch_real,
+            "strategy": self.strategy,
+            "metric": self.metric,
+            "class_chunk": self.class_chunk,
+            "class_loop": self.class_loop,
+            "parallel": self.parallel,
+        }
+
+
+def settings_from_config(config: ml_collections.ConfigDict, *, min_class_count: int) -> Settings:
+    """The run's `Settings`: loops from the IPC table where 0, 'auto'/-1 from `BACKEND_DEFAULTS`, and
+    `batch_real`, `bn_images_per_class` capped to the smallest class (the reference draws
+    `permutation(class)[:n]`, i.e. the whole class when it is smaller)."""
+    gm = config.gm
+    outer, inner = loops_for_ipc(config.ipc, gm.outer_loop, gm.inner_loop)
+    backend = BACKEND_DEFAULTS.get(jax.default_backend(), BACKEND_DEFAULTS["gpu"])
+    strategy = ""  # DC: no augmentation
+    if config.method == "dsa":
+        strategy = gm.dsa_strategy or augment.default_strategy(config.dataset)
+    return Settings(
+        outer_loop=outer,
+        inner_loop=inner,
+        batch_real=min(gm.batch_real, min_class_count),
+        batch_train=gm.batch_train,
+        lr_img=float(gm.lr_img),
+        momentum_img=float(gm.momentum_img),
+        lr_net=float(gm.lr_net),
+        metric=gm.metric,
+        num_nets=gm.num_nets,
+        bn_images_per_class=min(gm.bn_images_per_class, min_class_count),
+        strategy=strategy,
+        class_chunk=gm.class_chunk if gm.class_chunk >= 0 else backend["class_chunk"],
+        class_loop=_choice(gm, "class_loop", backend),
+        parallel=_choice(gm, "parallel", backend),
+    )
+
+
+def _choice(gm: ml_collections.ConfigDict, name: str, backend: dict) -> str:
+    value = gm.get(name, "auto")  # optional keys: 'auto' when a config lacks them
+    return backend[name] if value == "auto" else value
+
+
+def _model(config: ml_collections.ConfigDict, num_classes: int, image_shape) -> nn.Module:
+    spec = config.model.to_dict() if isinstance(config.model, ml_collections.ConfigDict) else config.model
+    return get_model(spec, num_classes=num_classes, image_shape=tuple(image_shape))
+
+
+# ---- the outer iteration ----
+
+
+def init_nets(model: nn.Module, settings: Settings, key, image_shape) -> training.TrainState:
+    """K freshly initialised networks as one stacked `TrainState` (leading axis K)."""
+    init = functools.partial(
+        training.init_train_state, model, image_shape=tuple(image_shape), tx=settings.net_optimizer
+    )
+    return jax.vmap(init)(jax.random.split(key, settings.num_nets))
+
+
+def refresh_batch_stats(model, settings: Settings, nets, real: RealData, key):
+    """One train-mode pass of `bn_images_per_class` real images per class (the reference's BNSizePC)
+    through each network: running statistics move 10% towards this batch's, then stay frozen."""
+    labels = jnp.arange(real.num_classes)
+    rows = jax.vmap(
+        lambda c: class_indices(real, c, jax.random.fold_in(key, c), settings.bn_images_per_class)
+    )(labels)
+    batch = real.train_images[rows.reshape(-1)]
+
+    def refresh(net):
+        _, _, stats = training.apply_model(model, net.params, net.batch_stats, batch, train=True)
+        return net.replace(batch_stats=stats)
+
+    return over_nets(refresh, nets, settings.parallel)
+
+
+def train_nets(model, settings: Settings, nets, images, labels, key):
+    """`inner_loop` epochs of each network on the synthetic set (its own shuffling per network).
+
+    Returns (nets, mean over networks of the last epoch's CE).
+    """
+    aug = None
+    if settings.strategy:
+        aug = functools.partial(augment.augment, strategy=settings.strategy, siamese=False)
+
+    def train(xs):
+        net, net_key = xs
+        net, losses = training.train_epochs(
+            model, settings.net_optimizer, net, images, labels, net_key,
+            epochs=settings.inner_loop, batch_size=settings.batch_train, augment=aug,
+        )  # fmt: skip
+        return net, losses[-1]
+
+    keys = jax.random.split(key, settings.num_nets)
+    nets, losses = over_nets(train, (nets, keys), settings.parallel)
+    return nets, jnp.mean(losses)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "settings"))
+def outer_step(
+    model: nn.Module, settings: Settings, state: DistillState, real: RealData
+) -> tuple[DistillState, dict]:
+    """One outer iteration (fresh networks, `outer_loop` pixel steps); a pure function of `state`.
+
+    Returns the new state (step + 1) and metrics: 'loss' the reference's loss_avg (Σ_c D / C, averaged
+    over the outer loop and the K networks), 'loss_first'/'loss_last' the same for the first and last
+    match, 'grad_norm' the mean L2 norm of the pixel gradient, 'inner_ce' the mean CE of the networks'
+    last inner epoch (0 when outer_loop is 1).
+    """
+    key = jax.random.fold_in(state.key, state.step)
+    net_key, loop_key = jax.random.split(key)
+    nets = init_nets(model, settings, net_key, state.images.shape[1:])
+    tx = settings.pixel_optimizer
+    batch_norm = bool(jax.tree.leaves(nets.batch_stats))
+    last = settings.outer_loop - 1
+
+    def match_and_train(carry, ol):
+        images, opt_state, nets = carry
+        bn_key, match_key, inner_key = jax.random.split(jax.random.fold_in(loop_key, ol), 3)
+        if batch_norm:
+            nets = refresh_batch_stats(model, settings, nets, real, bn_key)
+        loss, grad = stacked_matching_loss_and_grad(
+            model, nets, images, real, match_key, **settings.loss_options
+        )
+        updates, opt_state = tx.update(grad, opt_state, images)
+        images = optax.apply_updates(images, updates)
+        inner_ce = jnp.zeros(())
+        if last:  # static: with one outer loop the networks are never trained
+            nets, inner_ce = jax.lax.cond(
+                ol < last,
+                lambda n: train_nets(model, settings, n, images, state.labels, inner_key),
+                lambda n: (n, jnp.zeros(())),
+                nets,
+            )
+        return (images, opt_state, nets), (loss, optax.tree.norm(grad), inner_ce)
+
+    carry = (state.images, state.opt_state, nets)
+    if settings.outer_loop == 1:  # no while loop (see matching_loss on XLA:CPU)
+        (images, opt_state, _), outs = match_and_train(carry, jnp.int32(0))
+        losses, grad_norms, inner_ces = (x[None] for x in outs)
+    else:
+        (images, opt_state, _), (losses, grad_norms, inner_ces) = jax.lax.scan(
+            match_and_train, carry, jnp.arange(settings.outer_loop)
+        )
+    per_class = losses / real.num_classes
+    metrics = {
+        "loss": jnp.mean(per_class),
+        "loss_first": per_class[0],
+        "loss_last": per_class[-1],
+        "grad_norm": jnp.mean(grad_norms),
+        "inner_ce": jnp.sum(inner_ces) / max(last, 1),
+    }
+    return state.replace(images=images, opt_state=opt_state, step=state.step + 1), metrics
+
+
+# ---- the Method interface ----
+
+
+def init(config: ml_collections.ConfigDict, real: RealData, key: jax.Array) -> DistillState:
+    """The first state: `config.init` ('real' | 'noise') images, the pixel optimiser's state, the key."""
+    if config.init not in synthetic.INITS:
+        raise UserError(f"init={config.init!r} must be one of {', '.join(synthetic.INITS)}.")
+    init_key, distill_key = jax.random.split(key)
+    synset = synthetic.INITS[config.init](real, config.ipc, init_key)
+    tx = settings_from_config(config, min_class_count=real.min_class_count).pixel_optimizer
+    return DistillState(
+        images=synset.images,
+        labels=synset.labels,
+        opt_state=tx.init(synset.images),
+        key=distill_key,
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def make_step(config: ml_collections.ConfigDict, real: RealData):
+    """`step(state, real) -> (state, metrics)`: the jitted `outer_step` bound to this config's model and
+    `Settings` (available as `step.args`)."""
+    settings = settings_from_config(config, min_class_count=real.min_class_count)
+    return functools.partial(outer_step, _model(config, real.num_classes, real.image_shape), settings)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate(config: ml_collections.ConfigDict, info) -> None:
+    """UserError for a bad `gm.*` value (info: the dataset's `DatasetInfo`); no data, no compilation."""
+    gm = config.gm
+    _require(config.method in ("dc", "dsa"), f"method={config.method!r}: gradient matching is 'dc' or 'dsa'.")
+    _require(config.init in synthetic.INITS, f"init={config.init!r} must be 'real' or 'noise'.")
+    for name in ("outer_loop", "inner_loop"):
+        _require(
+            _int(gm[name]) and gm[name] >= 0,
+            f"gm.{name}={gm[name]!r} must be an integer ≥ 0 (0: the reference's value for the IPC).",
+        )
+    loops_for_ipc(config.ipc, gm.outer_loop, gm.inner_loop)
+    for name in ("batch_real", "batch_train", "num_nets", "bn_images_per_class"):
+        _require(_int(gm[name]) and gm[name] >= 1, f"gm.{name}={gm[name]!r} must be an integer ≥ 1.")
+    _require(
+        _int(gm.class_chunk) and gm.class_chunk >= -1,
+        f"gm.class_chunk={gm.class_chunk!r} must be an integer ≥ -1 (classes per vmap group; 0: all at "
+        "once; -1: the backend's default).",
+    )
+    _require(gm.metric in METRICS, f"gm.metric={gm.metric!r} must be one of {', '.join(METRICS)}.")
+    for name, valid in (("class_loop", ("auto", *CLASS_LOOPS)), ("parallel", ("auto", *NET_LOOPS))):
+        value = gm.get(name, "auto")
+        _require(value in valid, f"gm.{name}={value!r} must be one of {', '.join(valid)}.")
+    _require(gm.lr_img > 0, f"gm.lr_img={gm.lr_img!r} must be > 0 (the reference uses 0.1).")
+    _require(gm.lr_net > 0, f"gm.lr_net={gm.lr_net!r} must be > 0 (the reference uses 0.01).")
+    _require(
+        0 <= gm.momentum_img < 1, f"gm.momentum_img={gm.momentum_img!r} must lie in [0, 1) (reference 0.5)."
+    )
+    if config.method == "dc":
+        _require(
+            not gm.dsa_strategy,
+            f"gm.dsa_strategy={gm.dsa_strategy!r} is set but method='dc' matches without augmentation: "
+            "use --config.method=dsa, or leave gm.dsa_strategy empty.",
+        )
+    elif gm.dsa_strategy:
+        augment.parse_strategy(gm.dsa_strategy)
+    _model(config, info.num_classes, info.image_shape)
+
+
+METHOD = Method(init=init, make_step=make_step, validate=validate)
