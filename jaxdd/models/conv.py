@@ -1,0 +1,109 @@
+"""2-D convolution (NHWC, HWIO) whose derivatives of every order are convolutions XLA:CPU runs fast.
+
+Why: for a weight gradient JAX emits a convolution with permuted dimension labels
+(`f01b_i01o->01bf`). Outside loops XLA:CPU rewrites it into the canonical `b01f_01io->b01f` form that
+its Eigen kernels handle; inside a `while` body (`lax.scan`, `lax.map`, `fori_loop`) it does not, and
+falls back to a generic loop nest: 40-60x slower (ConvNet SGD step, 2-core CPU, jax 0.10.2: 0.31 s
+outside a scan versus 15.6 s inside one; benchmarks/bench_conv.py). `canonical_conv` states every
+derivative itself, as a canonical convolution of transposed operands, recursively, so first- and
+second-order gradients inside a scan stay on the fast kernels. Values are those of
+`lax.conv_general_dilated` (tests/test_models.py compares up to the second order).
+
+`conv2d` picks per backend: 'canonical' on CPU, XLA's own lowering ('lax') on GPU/TPU, where cuDNN and
+TPU convolutions take any labels.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+_LABELS = ("NHWC", "HWIO", "NHWC")
+IMPLEMENTATIONS = ("auto", "canonical", "lax")
+BACKEND_IMPLEMENTATION = {"cpu": "canonical", "gpu": "lax", "tpu": "lax"}
+
+
+def _lax_conv(x: Array, w: Array, pads: Pads) -> Array:
+    return jax.lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=_LABELS)
+
+
+def canonical_conv(x: Array, w: Array, pads: Pads) -> Array:
+    """Stride-1 convolution x [B,H,W,Ci] * w [kh,kw,Ci,Co] with zero padding `pads` ((top, bottom),
+    (left, right)) -> [B, H+top+bottom-kh+1, W+left+right-kw+1, Co].
+
+    A padding wider than the kernel's half is applied with `jnp.pad` first: the convolution's own wide
+    padding is 11-15x slower on XLA:CPU (see `layers.Conv2d`).
+    """
+    (kh, kw) = w.shape[:2]
+    if pads[0][0] > (kh - 1) // 2 or pads[0][1] > (kh - 1) // 2 or max(pads[1]) > (kw - 1) // 2:
+        x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+        pads = ((0, 0), (0, 0))
+    return _conv(x, w, pads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv(x: Array, w: Array, pads: Pads) -> Array:
+    return _lax_conv(x, w, pads)
+
+
+def _conv_fwd(x, w, pads):
+    return _lax_conv(x, w, pads), (x, w)
+
+
+def _conv_bwd(pads, residuals, g):
+    """dx: g padded to a full correlation with the flipped, in/out-swapped kernel; dw: x's channels as
+    the batch and its batch as the features, g as the kernel. Both through `canonical_conv` again."""
+    x, w = residuals
+    (kh, kw) = w.shape[:2]
+    (top, bottom), (left, right) = pads
+    # a padding wider than kernel - 1 yields output rows that read only zeros: crop g's border instead
+    dx_pads = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
+    dx = _crop_or_pad(g, dx_pads, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))
+    dw = canonical_conv(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), pads).transpose(1, 2, 0, 3)
+    return dx, dw
+
+
+def _crop_or_pad(x: Array, pads: Pads, w: Array) -> Array:
+    """canonical_conv(x, w, pads) where a negative pad crops x instead."""
+    crop = tuple((max(-lo, 0), max(-hi, 0)) for lo, hi in pads)
+    if any(c for pair in crop for c in pair):
+        x = x[:, crop[0][0] : x.shape[1] - crop[0][1], crop[1][0] : x.shape[2] - crop[1][1]]
+    return canonical_conv(x, w, tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads))
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def resolve(implementation: str) -> str:
+    """'auto' -> this process's backend choice (`BACKEND_IMPLEMENTATION`); others unchanged."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"conv implementation {implementation!r}; valid: {', '.join(IMPLEMENTATIONS)}")
+    if implementation == "auto":
+        return BACKEND_IMPLEMENTATION.get(jax.default_backend(), "lax")
+    return implementation
+
+
+def conv2d(x: Array, w: Array, *, stride: int = 1, padding: int = 0, implementation: str = "auto") -> Array:
+    """`torch.nn.functional.conv2d` in NHWC/HWIO with a symmetric integer padding.
+
+    x [B,H,W,Ci], w [k,k,Ci,Co] -> [B, (H+2p-k)//s+1, (W+2p-k)//s+1, Co].
+    """
+    pads = ((padding, padding), (padding, padding))
+    if resolve(implementation) == "lax":
+        k = w.shape[0]
+        if padding > (k - 1) // 2:  # wide conv padding is slow on XLA:CPU, harmless elsewhere
+            x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+            pads = ((0, 0), (0, 0))
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=_LABELS)
+    if stride == 1:
+        return canonical_conv(x, w, pads)
+    if w.shape[0] == 1 and padding == 0:  # a strided 1x1 convolution reads every stride-th pixel
+        return canonical_conv(x[:, ::stride, ::stride], w, pads)
+    # stride s: every s-th output of the stride-1 convolution (s² the work of these few layers,
+    # ResNet's downsampling convolutions, against a 40x slower strided weight gradient in loops)
+    return canonical_conv(x, w, pads)[:, ::stride, ::stride]
