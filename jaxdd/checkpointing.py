@@ -42,6 +42,8 @@ IGNORED_CONFIG_KEYS: tuple[str, ...] = (
     "log_every",  # logging cadence
     "resume_with_changed_config",  # the override itself
     "data_dir",  # where the same named dataset is read from
+    "kd",  # knowledge-distillation evaluation of the finished set
+    "compilation_cache_dir",  # where compiled programs are cached
 )
 
 _UNREADABLE_SUFFIX = ".unreadable"

@@ -7,7 +7,7 @@ import numbers
 
 import ml_collections
 
-from jaxdd import augment, data, evaluation, methods, models
+from jaxdd import augment, data, evaluation, kd, methods, models, pool
 from jaxdd.errors import UserError
 from jaxdd.methods import gradient_matching
 
@@ -28,9 +28,14 @@ def base_config() -> ml_collections.ConfigDict:
     config.log_every = 10
     config.eval_at = ""  # comma-separated iterations to evaluate at before the end, e.g. '500,1000'
     config.resume_with_changed_config = False  # resume although result-changing keys differ
+    # JAX's persistent compilation cache, set by the launcher (a model pool compiles one step per
+    # architecture; reruns reuse them); '' = off.
+    config.compilation_cache_dir = "~/.cache/jaxdd/jax_compilation_cache"
 
     # Gradient matching (DC / DSA), DESIGN §4.1; the reference values.
     config.gm = gradient_matching.default_config()
+    # Model pool, DESIGN §4.4: which architecture each outer iteration's networks are; '' = config.model.
+    config.pool = pool.default_config()
 
     config.eval = ml_collections.ConfigDict()
     config.eval.archs = "ConvNet,MLP,LeNet,AlexNet,VGG11,ResNet18"  # comma-separated; '' = no evaluation
@@ -44,6 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.test_batch_size = 500
     config.eval.parallel = "auto"  # 'loop' | 'vmap' | 'auto' (the measured default of the backend)
     config.eval.baselines = "random"  # comma-separated extra rows: 'random' (real subset, same IPC), 'whole'
+    # Knowledge-distillation evaluation, DESIGN §4.5: KD students beside the plain networks.
+    config.kd = kd.default_config()
     return config
 
 
@@ -79,6 +86,22 @@ def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collecti
         value = text.lower() in ("1", "true", "yes") if isinstance(current, bool) else type(current)(text)
         _assign(config, key, value)
     return config
+
+
+def apply_pool_arg(
+    config: ml_collections.ConfigDict, arg: str | None, *, default: str
+) -> ml_collections.ConfigDict:
+    """A pool recipe's argument 'PRESET[,key=value,...]': the first item without '=' names the pool
+    preset (`default` without one), the rest goes to `apply_arg`.
+
+    configs/pool_dc_cifar10.py:main_others,ipc=1 -> pool.preset='main_others', ipc=1.
+    """
+    items = split_names(arg or "")
+    presets = [item for item in items if "=" not in item]
+    if len(presets) > 1:
+        raise UserError(f"Recipe argument {arg!r} names more than one pool preset: {', '.join(presets)}.")
+    config.pool.preset = presets[0] if presets else default
+    return apply_arg(config, ",".join(item for item in items if "=" in item))
 
 
 def _lookup(config, dotted: str):
@@ -153,8 +176,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
             1 <= step <= config.iterations,
             f"eval_at has {step}, outside 1..iterations={config.iterations}: list iterations within the run.",
         )
+    _require(
+        isinstance(config.get("compilation_cache_dir", ""), str),
+        f"compilation_cache_dir={config.get('compilation_cache_dir')!r} must be a folder path ('' = off).",
+    )
     models.check_input_shape(config.model, info.image_shape, info.num_classes)
+    pool.validate(config, info)
     _validate_eval(config.eval, info)
+    if "kd" in config:
+        kd.validate(config.kd, info)
     if method.validate is not None:
         method.validate(config, info)
     elif config.iterations:

@@ -63,16 +63,17 @@ def _augment_fn(protocol: EvalProtocol) -> training.AugmentFn:
     return functools.partial(dsa.augment, strategy=protocol.augment, siamese=False)
 
 
-def train_and_test(
+def train_network(
     model: nn.Module,
     protocol: EvalProtocol,
     key: jax.Array,
     images: jax.Array,
     labels: jax.Array,
-    test_images: jax.Array,
-    test_labels: jax.Array,
-) -> jax.Array:
-    """Trains one fresh network on (images [N,H,W,C], labels [N]); returns its test accuracy (scalar)."""
+    *,
+    loss: training.EpochLoss = None,
+) -> training.TrainState:
+    """One fresh network trained on (images [N,H,W,C], labels [N]) with the protocol; `loss` replaces the
+    cross-entropy (`training.train_epochs`; knowledge distillation)."""
     init_key, train_key = jax.random.split(key)
     tx = protocol_optimizer(protocol, images.shape[0])
     state = training.init_train_state(model, init_key, images.shape[1:], tx)
@@ -86,11 +87,33 @@ def train_and_test(
         epochs=protocol.epochs,
         batch_size=protocol.batch_size,
         augment=_augment_fn(protocol),
+        loss=loss,
     )
+    return state
+
+
+def network_accuracy(
+    model: nn.Module, protocol: EvalProtocol, state: training.TrainState, test_images, test_labels
+) -> jax.Array:
+    """Accuracy (scalar in [0, 1]) of a trained network on (test_images [M,H,W,C], test_labels [M])."""
     correct = training.predict_correct(
         model, state.params, state.batch_stats, test_images, test_labels, batch_size=protocol.test_batch_size
     )
     return correct / test_labels.shape[0]
+
+
+def train_and_test(
+    model: nn.Module,
+    protocol: EvalProtocol,
+    key: jax.Array,
+    images: jax.Array,
+    labels: jax.Array,
+    test_images: jax.Array,
+    test_labels: jax.Array,
+) -> jax.Array:
+    """Trains one fresh network on (images [N,H,W,C], labels [N]); returns its test accuracy (scalar)."""
+    state = train_network(model, protocol, key, images, labels)
+    return network_accuracy(model, protocol, state, test_images, test_labels)
 
 
 # Compiled once per (model, protocol, data shapes) for the whole process: the random-real baseline and

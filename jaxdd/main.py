@@ -7,6 +7,7 @@ python -m jaxdd.main --mode=table --runs=runs/a,runs/b
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -35,10 +36,23 @@ def _dispatch() -> None:
         raise UserError("--config is required, e.g. --config=configs/default.py.")
     if not _WORKDIR.value:
         raise UserError("--workdir is required: the folder the run writes to, e.g. --workdir=runs/default.")
+    enable_compilation_cache(_CONFIG.value.get("compilation_cache_dir", ""))
     if _MODE.value == "evaluate":
         evaluate_existing(_CONFIG.value, _WORKDIR.value, synset_path=_SYNSET.value)
     else:
         run(_CONFIG.value, _WORKDIR.value)
+
+
+def enable_compilation_cache(directory: str) -> None:
+    """Points JAX's persistent compilation cache at `directory` (`~` expanded; '' leaves it off), so a
+    rerun, a resumed run or another run of the same shapes loads its programs instead of compiling."""
+    if not isinstance(directory, str):
+        raise UserError(f"compilation_cache_dir={directory!r} must be a folder path ('' = off).")
+    if not directory:
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
 
 
 def main(argv: list[str]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import ml_collections
 
-from jaxdd import data, evaluation, reporting, synthetic
+from jaxdd import data, evaluation, kd, reporting, synthetic
 from jaxdd.config import eval_protocol, split_names, validate
 from jaxdd.errors import UserError
 from jaxdd.seeding import purpose_key
@@ -40,6 +40,13 @@ def evaluate_synset(
     )
 
     results = evaluate(f"{config.method} (IPC {config.ipc})", synset.images, synset.labels)
+    columns = list(archs)
+    if kd_enabled(config):
+        kd_results = _evaluate_kd(
+            f"{config.method} (IPC {config.ipc})", synset.images, synset.labels, archs, real, eval_key,
+            config, protocol, workdir, log,
+        )  # fmt: skip
+        results, columns = side_by_side(results, kd_results, archs)
     reporting.write_json(workdir / "eval.json", results)
     rows = {f"{config.method}, IPC {config.ipc}": results}
     baselines = {}
@@ -55,7 +62,7 @@ def evaluate_synset(
     if baselines:
         reporting.write_json(workdir / "baselines.json", baselines)
 
-    table = evaluation.markdown_table(rows, archs) + "\n" + describe_protocol(config)
+    table = evaluation.markdown_table(rows, columns) + "\n" + describe_protocol(config)
     (workdir / "table.md").write_text(table)
     log("\n" + table)
     return results
@@ -91,14 +98,44 @@ def evaluate_during_run(
 
 
 def describe_protocol(config: ml_collections.ConfigDict) -> str:
-    """One line stating everything the evaluation used, written beside the result."""
+    """One line stating everything the evaluation used (and one for KD), written beside the result."""
     e = config.eval
-    return (
+    text = (
         f"Protocol: {config.dataset}, test accuracy (%) mean ± std over {e.num_nets} networks per "
         f"architecture; "
         f"SGD lr {e.lr} momentum {e.momentum} weight decay {e.weight_decay}, batch {e.batch_size}, "
         f"{e.epochs} epochs, lr ×0.1 at half, augmentation {e.augment!r}, seed {config.seed}.\n"
     )
+    if kd_enabled(config):
+        k = config.kd
+        tau = (
+            f"τ chosen from {k.temperatures} on {k.val_per_class} real training images per class"
+            if k.temperatures
+            else f"τ {k.temperature}"
+        )
+        text += (
+            f"{kd.COLUMN_SUFFIX}: students trained with the same protocol on α·τ²·KL(teacher ‖ student) + "
+            f"(1−α)·CE, α {k.alpha}, {tau}, τ ×{k.temperature_decay} per epoch (floor {k.min_temperature}); "
+            f"teacher {k.teacher} trained on the same set.\n"
+        )
+    return text
+
+
+def kd_enabled(config: ml_collections.ConfigDict) -> bool:
+    """Whether the config asks for knowledge-distillation columns."""
+    return "kd" in config and bool(config.kd.enabled)
+
+
+def side_by_side(plain: dict, kd_results: dict, archs) -> tuple[dict, list[str]]:
+    """Plain and KD summaries in one dict, each arch followed by its KD column ('arch+KD'), and the
+    column order."""
+    merged, columns = {}, []
+    for arch in archs:
+        for column, results in ((arch, plain), (kd.column(arch), kd_results)):
+            if arch in results:
+                merged[column] = results[arch]
+                columns.append(column)
+    return merged, columns
 
 
 def _evaluate_set(name, images, labels, archs, real, key, config, protocol, workdir, log, step=None) -> dict:
@@ -117,6 +154,27 @@ def _evaluate_set(name, images, labels, archs, real, key, config, protocol, work
     for arch, summary in results.items():
         record = {"event": "eval", "set": name, "arch": arch, **({"step": step} if step else {})}
         record.update({k: summary[k] for k in ("mean", "std", "seconds")})
+        reporting.append_metrics(workdir / "metrics.jsonl", record)
+    return results
+
+
+def _evaluate_kd(name, images, labels, archs, real, key, config, protocol, workdir, log) -> dict:
+    log(f"Evaluating {name} with knowledge distillation (teacher {config.kd.teacher}):")
+    results = kd.evaluate_archs_kd(
+        archs,
+        real,
+        images,
+        labels,
+        key,
+        protocol=protocol,
+        options=kd.options_from_config(config.kd),
+        num_nets=config.eval.num_nets,
+        parallel=config.eval.parallel,
+        log=log,
+    )
+    for arch, summary in results.items():
+        record = {"event": "eval", "set": name, "arch": kd.column(arch)}
+        record.update({k: summary[k] for k in ("mean", "std", "seconds", "temperature")})
         reporting.append_metrics(workdir / "metrics.jsonl", record)
     return results
 

@@ -7,6 +7,7 @@ config: callers pass the model, the optax transform and shapes explicitly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -17,6 +18,10 @@ from flax import struct
 
 # (images [B,H,W,C], key) -> augmented images [B,H,W,C]; None means no augmentation.
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array] | None
+# (logits [B,K], labels [B], images [B,H,W,C] as the network saw them) -> scalar; None: `cross_entropy`.
+BatchLoss = Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None
+# As BatchLoss, plus the epoch (int32 scalar, from 0): a loss that changes over training (KD's τ decay).
+EpochLoss = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array] | None
 
 
 @struct.dataclass
@@ -72,14 +77,20 @@ def sgd_step(
     key: jax.Array,
     *,
     augment: AugmentFn = None,
+    loss: BatchLoss = None,
 ) -> tuple[TrainState, jax.Array]:
-    """One optimiser step on a batch (images [B,H,W,C], labels [B]); returns (state, loss)."""
+    """One optimiser step on a batch (images [B,H,W,C], labels [B]); returns (state, loss).
+
+    `loss(logits, labels, images)` sees the augmented images (a KD teacher labels what the student saw);
+    None is `cross_entropy`.
+    """
     if augment is not None:
         images = augment(images, key)
 
     def loss_fn(params):
         logits, _, batch_stats = apply_model(model, params, state.batch_stats, images, train=True)
-        return cross_entropy(logits, labels), batch_stats
+        value = cross_entropy(logits, labels) if loss is None else loss(logits, labels, images)
+        return value, batch_stats
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -98,10 +109,12 @@ def train_epochs(
     epochs: int,
     batch_size: int,
     augment: AugmentFn = None,
+    loss: EpochLoss = None,
 ) -> tuple[TrainState, jax.Array]:
     """Trains on (images [N,H,W,C], labels [N]) for `epochs` shuffled passes.
 
-    Returns (state, mean loss per epoch [epochs]).
+    Returns (state, mean loss per epoch [epochs]). `loss(logits, labels, images, epoch)` replaces the
+    cross-entropy (see `sgd_step`).
 
     Like a PyTorch DataLoader with shuffle=True, drop_last=False: each epoch visits a fresh permutation
     in `N // batch_size` full batches plus one smaller batch for the remainder. Both loops are `scan`s,
@@ -110,23 +123,26 @@ def train_epochs(
     num_images = images.shape[0]
     num_full, remainder = divmod(num_images, batch_size)
 
-    def epoch(state, epoch_key):
+    def epoch(state, xs):
+        index, epoch_key = xs
         keys = jax.random.split(epoch_key, num_full + 2)
         order = jax.random.permutation(keys[0], num_images)
         full_batches = order[: num_full * batch_size].reshape(num_full, batch_size)
+        batch_loss = None if loss is None else lambda *args: loss(*args, index)
+        step = functools.partial(sgd_step, model, tx, augment=augment, loss=batch_loss)
 
         def batch_step(state, xs):
             idx, step_key = xs
-            return sgd_step(model, tx, state, images[idx], labels[idx], step_key, augment=augment)
+            return step(state, images[idx], labels[idx], step_key)
 
         state, losses = jax.lax.scan(batch_step, state, (full_batches, keys[1:-1]))
         if remainder:
             idx = order[num_full * batch_size :]
-            state, last_loss = sgd_step(model, tx, state, images[idx], labels[idx], keys[-1], augment=augment)
+            state, last_loss = step(state, images[idx], labels[idx], keys[-1])
             losses = jnp.concatenate([losses, last_loss[None]])
         return state, losses.mean()
 
-    return jax.lax.scan(epoch, state, jax.random.split(key, epochs))
+    return jax.lax.scan(epoch, state, (jnp.arange(epochs), jax.random.split(key, epochs)))
 
 
 def steps_per_epoch(num_images: int, batch_size: int) -> int:

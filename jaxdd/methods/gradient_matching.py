@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxdd import augment, synthetic, training
+from jaxdd import augment, pool, synthetic, training
 from jaxdd.data.real import RealData, class_indices
 from jaxdd.errors import UserError
 from jaxdd.methods.base import DistillState, Method
@@ -249,7 +249,7 @@ def outer_step(
     Returns the new state (step + 1) and metrics: 'loss' the reference's loss_avg (Σ_c D / C, averaged
     over the outer loop and the K networks), 'loss_first'/'loss_last' the same for the first and last
     match, 'grad_norm' the mean L2 norm of the pixel gradient, 'inner_ce' the mean CE of the networks'
-    last inner epoch (0 when outer_loop is 1).
+    last inner epoch (0 when outer_loop is 1), 'images' the real and synthetic images matched.
     """
     key = jax.random.fold_in(state.key, state.step)
     net_key, loop_key = jax.random.split(key)
@@ -293,6 +293,9 @@ def outer_step(
         "loss_last": per_class[-1],
         "grad_norm": jnp.mean(grad_norms),
         "inner_ce": jnp.sum(inner_ces) / max(last, 1),
+        # real + synthetic images matched (the progress line's images/s)
+        "images": jnp.float32(settings.num_nets * settings.outer_loop * state.images.shape[0])
+        + settings.num_nets * settings.outer_loop * real.num_classes * settings.batch_real,
     }
     return state.replace(images=images, opt_state=opt_state, step=state.step + 1), metrics
 
@@ -318,9 +321,15 @@ def init(config: ml_collections.ConfigDict, real: RealData, key: jax.Array) -> D
 
 def make_step(config: ml_collections.ConfigDict, real: RealData):
     """`step(state, real) -> (state, metrics)`: the jitted `outer_step` bound to this config's model and
-    `Settings` (available as `step.args`)."""
+    `Settings` (available as `step.args`); with a model pool (`config.pool`, DESIGN §4.4), a
+    `pool.PooledStep` that binds each drawn architecture the same way, compiling each once."""
     settings = settings_from_config(config, min_class_count=real.min_class_count)
-    return functools.partial(outer_step, _model(config, real.num_classes, real.image_shape), settings)
+
+    def bind(arch):
+        model = get_model(arch, num_classes=real.num_classes, image_shape=tuple(real.image_shape))
+        return functools.partial(outer_step, model, settings)
+
+    return pool.pooled_step(config, bind)
 
 
 def _require(condition: bool, message: str) -> None:

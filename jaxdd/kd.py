@@ -1,0 +1,395 @@
+"""Knowledge-distillation evaluation of a synthetic set (DESIGN §4.5).
+
+Paper: "Improve Cross-Architecture Generalization on Dataset Distillation" (the model-pool paper), after
+Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network" (2015). A teacher (a ConvNet) is
+trained on the synthetic set with the standard protocol (`evaluation`); each student architecture is
+then trained on the same set, with the same protocol, on
+
+    α·τ²·KL(softmax(z_t/τ) ‖ softmax(z_s/τ)) + (1−α)·CE(z_s, y)
+
+where z_t are the frozen teacher's logits (eval mode) on the very batch the student sees (augmented when
+the protocol augments), and τ_e = max(τ·decay^e, min_temperature) in epoch e (the paper's code: τ = 1.5,
+decay 0.9). With `temperatures` set, τ is chosen per architecture by the accuracy on a validation split
+drawn from the real training set, never on the test set.
+
+Students use the same keys as the plain evaluation (`evaluation.evaluate_archs`), so each KD network
+starts from the initialisation of its plain counterpart, and α = 0 reproduces plain training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import struct
+
+from jaxdd import evaluation, training
+from jaxdd.data.real import RealData, class_indices
+from jaxdd.errors import UserError
+from jaxdd.models import check_input_shape, get_model
+
+COLUMN_SUFFIX = "+KD"  # eval.json / table.md column of an architecture's KD students
+
+
+def column(arch: str) -> str:
+    """The eval.json key and table column of `arch`'s KD students, e.g. 'LeNet+KD'."""
+    return arch + COLUMN_SUFFIX
+
+
+# Streams folded into the evaluation key; large 32-bit constants, distinct from the architecture indices
+# that `evaluate_archs` folds in.
+TEACHER_STREAM = 0x74656163  # "teac"
+VALIDATION_STREAM = 0x76616C69  # "vali"
+SEARCH_STREAM = 0x73656172  # "sear"
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `config.kd` defaults: off; α 0.5, a fixed τ 1.5 (the paper's start), ConvNet teacher."""
+    return ml_collections.ConfigDict(
+        {
+            "enabled": False,  # also train every eval arch as a KD student; table: plain and KD columns
+            "alpha": 0.5,  # weight of the KD term; 0 = plain cross-entropy
+            "temperature": 1.5,  # τ (the start value when it decays)
+            "temperature_decay": 1.0,  # τ ×= decay after each epoch (the paper's code: 0.9)
+            "min_temperature": 0.01,  # the decayed τ stops here (τ·0.9^e underflows float32 by e ≈ 800)
+            "teacher": "ConvNet",  # a registry name, trained on the synthetic set with config.eval
+            "temperatures": "",  # comma-separated τ to search on a validation split; '' = `temperature`
+            "val_per_class": 100,  # real training images per class in the validation split of the search
+            "search_nets": 1,  # students per (architecture, τ) in the search
+        }
+    )
+
+
+@struct.dataclass
+class KDParams:
+    """The numbers of the KD loss, traced (a τ search reuses one compiled program). Scalars."""
+
+    alpha: jax.Array
+    temperature: jax.Array
+    temperature_decay: jax.Array
+    min_temperature: jax.Array
+
+    @classmethod
+    def create(cls, *, alpha, temperature, temperature_decay=1.0, min_temperature=0.01) -> KDParams:
+        return cls(*(jnp.float32(v) for v in (alpha, temperature, temperature_decay, min_temperature)))
+
+
+def kd_loss(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    labels: jax.Array,
+    *,
+    alpha: jax.Array | float,
+    temperature: jax.Array | float,
+) -> jax.Array:
+    """α·τ²·KL(softmax(z_t/τ) ‖ softmax(z_s/τ)) + (1−α)·CE(z_s, y), a scalar.
+
+    student_logits, teacher_logits: [B, K]; labels [B] int. KL is summed over classes and averaged over
+    the batch (PyTorch's `kl_div(..., reduction='batchmean')`); classes where the teacher's probability
+    underflows to 0 contribute 0 (x·log x → 0), so a small τ gives no NaN.
+    """
+    log_p_teacher = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+    log_p_student = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+    p_teacher = jnp.exp(log_p_teacher)
+    terms = jnp.where(p_teacher > 0, p_teacher * (log_p_teacher - log_p_student), 0.0)
+    kl = jnp.sum(terms, axis=-1).mean()
+    return alpha * temperature**2 * kl + (1 - alpha) * training.cross_entropy(student_logits, labels)
+
+
+def temperature_at(params: KDParams, epoch: jax.Array) -> jax.Array:
+    """τ in epoch `epoch` (from 0): max(τ·decay^epoch, min_temperature)."""
+    decayed = params.temperature * params.temperature_decay ** epoch.astype(jnp.float32)
+    return jnp.maximum(decayed, params.min_temperature)
+
+
+def student_loss(
+    teacher_model: nn.Module, teacher_state: training.TrainState, params: KDParams
+) -> training.EpochLoss:
+    """The student's `loss(logits, labels, images, epoch)`: `kd_loss` against the teacher's logits on
+    `images` (the batch as the student saw it), the teacher frozen in eval mode."""
+
+    def loss(logits, labels, images, epoch):
+        teacher_logits, _, _ = training.apply_model(
+            teacher_model, teacher_state.params, teacher_state.batch_stats, images, train=False
+        )
+        return kd_loss(
+            logits,
+            jax.lax.stop_gradient(teacher_logits),
+            labels,
+            alpha=params.alpha,
+            temperature=temperature_at(params, epoch),
+        )
+
+    return loss
+
+
+def train_student(
+    model: nn.Module,
+    protocol: evaluation.EvalProtocol,
+    teacher_model: nn.Module,
+    teacher_state: training.TrainState,
+    params: KDParams,
+    key: jax.Array,
+    images: jax.Array,
+    labels: jax.Array,
+) -> training.TrainState:
+    """One fresh student trained on (images [N,H,W,C], labels [N]) with the protocol and the KD loss."""
+    loss = student_loss(teacher_model, teacher_state, params)
+    return evaluation.train_network(model, protocol, key, images, labels, loss=loss)
+
+
+def student_accuracy(
+    model, protocol, teacher_model, teacher_state, params, key, images, labels, test_images, test_labels
+) -> jax.Array:
+    """`train_student`, then its accuracy (scalar) on (test_images [M,H,W,C], test_labels [M])."""
+    state = train_student(model, protocol, teacher_model, teacher_state, params, key, images, labels)
+    return evaluation.network_accuracy(model, protocol, state, test_images, test_labels)
+
+
+_train_teacher = jax.jit(evaluation.train_network, static_argnums=(0, 1))
+_teacher_accuracy = jax.jit(evaluation.network_accuracy, static_argnums=(0, 1))
+_student_accuracy_one = jax.jit(student_accuracy, static_argnums=(0, 1, 2))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _student_accuracy_many(model, protocol, teacher_model, teacher_state, params, keys, *data):
+    one = functools.partial(student_accuracy, model, protocol, teacher_model, teacher_state, params)
+    return jax.vmap(one, in_axes=(0, None, None, None, None))(keys, *data)
+
+
+def evaluate_students(
+    model: nn.Module,
+    protocol: evaluation.EvalProtocol,
+    teacher: tuple[nn.Module, training.TrainState],
+    params: KDParams,
+    keys: jax.Array,
+    images: jax.Array,
+    labels: jax.Array,
+    test_images: jax.Array,
+    test_labels: jax.Array,
+    *,
+    parallel: str = "auto",
+) -> np.ndarray:
+    """Test accuracies [N] of N students, one per key in `keys` [N, 2] (as `evaluation.evaluate_model`)."""
+    teacher_model, teacher_state = teacher
+    data = (images, labels, test_images, test_labels)
+    if evaluation.resolve_parallelism(parallel) == "vmap":
+        return np.asarray(
+            _student_accuracy_many(model, protocol, teacher_model, teacher_state, params, keys, *data)
+        )
+    return np.asarray(
+        [
+            _student_accuracy_one(model, protocol, teacher_model, teacher_state, params, key, *data)
+            for key in keys
+        ]
+    )
+
+
+def validation_split(real: RealData, per_class: int, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`per_class` distinct real training images of every class, drawn with `key`.
+
+    Returns (images [C·per_class, H, W, C'], labels [C·per_class]), class-major. The test set is never
+    touched.
+    """
+    classes = jnp.arange(real.num_classes)
+    rows = jax.vmap(lambda c: class_indices(real, c, jax.random.fold_in(key, c), per_class))(classes)
+    return real.train_images[rows.reshape(-1)], jnp.repeat(classes, per_class).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class KDOptions:
+    """What `config.kd` asks for; `temperatures` empty: no search."""
+
+    alpha: float = 0.5
+    temperature: float = 1.5
+    temperature_decay: float = 1.0
+    min_temperature: float = 0.01
+    teacher: str = "ConvNet"
+    temperatures: tuple[float, ...] = ()
+    val_per_class: int = 100
+    search_nets: int = 1
+
+    def params(self, temperature: float | None = None) -> KDParams:
+        return KDParams.create(
+            alpha=self.alpha,
+            temperature=self.temperature if temperature is None else temperature,
+            temperature_decay=self.temperature_decay,
+            min_temperature=self.min_temperature,
+        )
+
+
+def split_floats(text: str) -> tuple[float, ...]:
+    """'1, 1.5,2' -> (1.0, 1.5, 2.0); '' -> (). UserError on anything else."""
+    try:
+        return tuple(float(item) for item in str(text).split(",") if item.strip())
+    except ValueError:
+        raise UserError(
+            f"kd.temperatures={text!r} must be comma-separated numbers, e.g. '1,1.5,2,4'."
+        ) from None
+
+
+def options_from_config(kd_config: ml_collections.ConfigDict) -> KDOptions:
+    """`KDOptions` from `config.kd`."""
+    return KDOptions(
+        alpha=float(kd_config.alpha),
+        temperature=float(kd_config.temperature),
+        temperature_decay=float(kd_config.temperature_decay),
+        min_temperature=float(kd_config.min_temperature),
+        teacher=kd_config.teacher,
+        temperatures=split_floats(kd_config.temperatures),
+        val_per_class=int(kd_config.val_per_class),
+        search_nets=int(kd_config.search_nets),
+    )
+
+
+def search_temperature(
+    model: nn.Module,
+    protocol: evaluation.EvalProtocol,
+    teacher: tuple[nn.Module, training.TrainState],
+    options: KDOptions,
+    key: jax.Array,
+    images: jax.Array,
+    labels: jax.Array,
+    validation: tuple[jax.Array, jax.Array],
+    *,
+    parallel: str = "auto",
+) -> tuple[float, dict[str, float]]:
+    """The τ of `options.temperatures` whose students score best on `validation` (the first on a tie),
+    and the mean validation accuracy of every τ ({str(τ): accuracy})."""
+    keys = jax.random.split(key, options.search_nets)
+    scores = {}
+    for temperature in options.temperatures:
+        accs = evaluate_students(
+            model, protocol, teacher, options.params(temperature), keys, images, labels, *validation,
+            parallel=parallel,
+        )  # fmt: skip
+        scores[str(temperature)] = float(np.mean(accs))
+    best = max(options.temperatures, key=lambda t: scores[str(t)])
+    return best, scores
+
+
+def train_teacher(
+    options: KDOptions,
+    real: RealData,
+    images: jax.Array,
+    labels: jax.Array,
+    key: jax.Array,
+    *,
+    protocol: evaluation.EvalProtocol,
+) -> tuple[nn.Module, training.TrainState, float]:
+    """(teacher module, its trained state, its test accuracy): `options.teacher` trained on the set with
+    the protocol, initialised from `fold_in(key, TEACHER_STREAM)`."""
+    model = get_model(options.teacher, num_classes=real.num_classes, image_shape=real.image_shape)
+    state = _train_teacher(model, protocol, jax.random.fold_in(key, TEACHER_STREAM), images, labels)
+    accuracy = _teacher_accuracy(model, protocol, state, real.test_images, real.test_labels)
+    return model, state, float(accuracy)
+
+
+def evaluate_archs_kd(
+    archs: Sequence[str],
+    real: RealData,
+    images: jax.Array,
+    labels: jax.Array,
+    key: jax.Array,
+    *,
+    protocol: evaluation.EvalProtocol,
+    options: KDOptions,
+    num_nets: int,
+    parallel: str = "auto",
+    log: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """KD students of every architecture: {arch: {'mean', 'std', 'accs', 'seconds', 'temperature',
+    'alpha', 'teacher', 'teacher_acc'[, 'search']}}.
+
+    Student keys are those of `evaluation.evaluate_archs` with the same `key` (paired with the plain
+    networks); 'search' holds the validation accuracy of each τ when `options.temperatures` is set.
+    """
+    start = time.perf_counter()
+    teacher_model, teacher_state, teacher_acc = train_teacher(
+        options, real, images, labels, key, protocol=protocol
+    )
+    teacher = (teacher_model, teacher_state)
+    log(f"  KD teacher {options.teacher}: {100 * teacher_acc:.1f}% ({time.perf_counter() - start:.1f} s)")
+    validation = None
+    if options.temperatures:
+        validation = validation_split(real, options.val_per_class, jax.random.fold_in(key, VALIDATION_STREAM))
+    results = {}
+    for index, arch in enumerate(archs):
+        model = get_model(arch, num_classes=real.num_classes, image_shape=real.image_shape)
+        arch_key = jax.random.fold_in(key, index)
+        start = time.perf_counter()
+        temperature, extra = options.temperature, {}
+        if validation is not None:
+            temperature, scores = search_temperature(
+                model, protocol, teacher, options, jax.random.fold_in(arch_key, SEARCH_STREAM), images,
+                labels, validation, parallel=parallel,
+            )  # fmt: skip
+            extra["search"] = scores
+        accs = evaluate_students(
+            model, protocol, teacher, options.params(temperature), jax.random.split(arch_key, num_nets),
+            images, labels, real.test_images, real.test_labels, parallel=parallel,
+        )  # fmt: skip
+        results[arch] = evaluation.summarize(
+            accs,
+            seconds=round(time.perf_counter() - start, 2),
+            temperature=temperature,
+            alpha=options.alpha,
+            teacher=options.teacher,
+            teacher_acc=teacher_acc,
+            **extra,
+        )
+        log(f"  {column(arch):<14} {evaluation.format_cell(results[arch])}  (τ {temperature:g})")
+    return results
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def validate(kd_config: ml_collections.ConfigDict, info) -> None:
+    """UserError for a bad `kd.*` value (info: the dataset's `DatasetInfo`); nothing compiles."""
+    if not kd_config.enabled:
+        return
+    _require(0 <= kd_config.alpha <= 1, f"kd.alpha={kd_config.alpha!r} must lie in [0, 1] (the paper: 0.5).")
+    _require(kd_config.temperature > 0, f"kd.temperature={kd_config.temperature!r} must be > 0 (paper: 1.5).")
+    _require(
+        0 < kd_config.temperature_decay <= 1,
+        f"kd.temperature_decay={kd_config.temperature_decay!r} must lie in (0, 1] (1: fixed τ; the paper's "
+        "code: 0.9).",
+    )
+    _require(
+        kd_config.min_temperature > 0,
+        f"kd.min_temperature={kd_config.min_temperature!r} must be > 0 (the floor of the decayed τ).",
+    )
+    temperatures = split_floats(kd_config.temperatures)
+    for temperature in (kd_config.temperature, *temperatures):
+        _require(
+            temperature >= kd_config.min_temperature,
+            f"kd temperature {temperature!r} is below kd.min_temperature={kd_config.min_temperature!r}: "
+            "raise it or lower kd.min_temperature.",
+        )
+    for name in ("val_per_class", "search_nets"):
+        value = kd_config[name]
+        _require(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+            f"kd.{name}={value!r} must be an integer ≥ 1.",
+        )
+    if temperatures:
+        _require(
+            kd_config.val_per_class <= info.min_class_count,
+            f"kd.val_per_class={kd_config.val_per_class} exceeds the smallest class of {info.name!r} "
+            f"({info.min_class_count} training images): choose --config.kd.val_per_class ≤ "
+            f"{info.min_class_count}.",
+        )
+    try:
+        check_input_shape(kd_config.teacher, info.image_shape, info.num_classes)
+    except UserError as error:
+        raise UserError(f"kd.teacher={kd_config.teacher!r}: {error}") from None
