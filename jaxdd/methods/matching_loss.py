@@ -13,9 +13,10 @@ to float reassociation):
   `lax.map` (`class_loop='map'`: one copy of the graph) or unrolled in the traced program ('unroll':
   C / chunk copies, no while loop).
 - networks: `vmap`, an unrolled loop ('loop') or `lax.map` ('map').
-XLA:CPU (jax 0.10.2) runs a weight-gradient convolution inside a while loop (`lax.map`/`scan`) 35-70x
-slower than outside one, and a vmapped one (a grouped convolution) slower still, so the CPU defaults
-unroll; see benchmarks/bench_gradient_matching.py.
+Measured on a 2-core CPU (benchmarks/results/bench_gradient_matching_*.md): one class at a time under
+`lax.map` is the fastest and by far the leanest (0.8 GiB of temporaries for 10 Fashion-MNIST classes,
+against 7-8 GiB unrolled or all in one vmap), once `models.conv` keeps weight gradients inside loops on
+XLA:CPU's fast kernels.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdd import augment, training
+from jaxdd import augment, sharding, training
 from jaxdd.data.real import RealData, sample_class_batch
 from jaxdd.methods.matching_distance import distance
 
@@ -121,11 +122,13 @@ def matching_loss(
     metric: str = "ours",
     class_chunk: int = 0,
     class_loop: str = "map",
+    devices: int = 1,
 ) -> jax.Array:
     """Σ_c D for one network; images [C·ipc, H, W, C] class-major (a scalar, differentiable w.r.t. images).
 
     Class c's real batch (`batch_real` distinct images) and DSA key come from `fold_in(key, c)`: every
     network given the same key sees the same real batches and augmentations.
+    `devices` > 1 splits the classes over that many devices (`sharding.over_class_shards`).
     """
     distance_c = lambda label, real_c, syn_c, aug_key: class_distance(
         model, params, batch_stats, real_c, syn_c, label, aug_key, strategy=strategy, metric=metric
@@ -133,7 +136,10 @@ def matching_loss(
     one_class = _per_class(distance_c, key, real, batch_real)
     syn = images.reshape(real.num_classes, -1, *images.shape[1:])
     labels = jnp.arange(real.num_classes, dtype=jnp.int32)
-    return jnp.sum(over_classes(one_class, labels, syn, chunk=class_chunk, loop=class_loop))
+    per_class = sharding.over_class_shards(
+        lambda labels, syn: over_classes(one_class, labels, syn, chunk=class_chunk, loop=class_loop), devices
+    )
+    return jnp.sum(per_class(labels, syn))
 
 
 def matching_loss_and_grad(
@@ -149,6 +155,7 @@ def matching_loss_and_grad(
     metric: str = "ours",
     class_chunk: int = 0,
     class_loop: str = "map",
+    devices: int = 1,
 ) -> tuple[jax.Array, jax.Array]:
     """`matching_loss` and its gradient w.r.t. images [C·ipc, H, W, C], one class at a time.
 
@@ -169,7 +176,10 @@ def matching_loss_and_grad(
     )
     syn = images.reshape(real.num_classes, -1, *images.shape[1:])
     labels = jnp.arange(real.num_classes, dtype=jnp.int32)
-    losses, grads = over_classes(one_class, labels, syn, chunk=class_chunk, loop=class_loop)
+    per_class = sharding.over_class_shards(
+        lambda labels, syn: over_classes(one_class, labels, syn, chunk=class_chunk, loop=class_loop), devices
+    )
+    losses, grads = per_class(labels, syn)
     return jnp.sum(losses), grads.reshape(images.shape)
 
 
