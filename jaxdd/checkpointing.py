@@ -42,8 +42,12 @@ IGNORED_CONFIG_KEYS: tuple[str, ...] = (
     "log_every",  # logging cadence
     "resume_with_changed_config",  # the override itself
     "data_dir",  # where the same named dataset is read from
+    "devices",  # results do not depend on the device count (jaxdd.sharding)
     "kd",  # knowledge-distillation evaluation of the finished set
     "compilation_cache_dir",  # where compiled programs are cached
+    "teachers.dir",  # where cached teachers are read from
+    "teachers.train",  # whether a missing teacher may be trained
+    "sre2l.relabel",  # soft-label evaluation of the finished set
 )
 
 _UNREADABLE_SUFFIX = ".unreadable"

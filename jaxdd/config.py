@@ -7,9 +7,9 @@ import numbers
 
 import ml_collections
 
-from jaxdd import augment, data, evaluation, kd, methods, models, pool
+from jaxdd import augment, data, evaluation, kd, methods, models, pool, teachers
 from jaxdd.errors import UserError
-from jaxdd.methods import gradient_matching
+from jaxdd.methods import distribution_matching, gradient_matching, sre2l
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.init = "real"  # 'real' | 'noise': how the synthetic images start
     config.iterations = 0
     config.seed = 0
+    config.devices = 0  # devices the classes are sharded over; 0 = as many as divide the classes
     config.checkpoint_every = 100
     config.keep_checkpoints = 3
     config.log_every = 10
@@ -34,6 +35,12 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Gradient matching (DC / DSA), DESIGN §4.1; the reference values.
     config.gm = gradient_matching.default_config()
+    # Distribution matching (DM), DESIGN §4.2.
+    config.dm = distribution_matching.default_config()
+    # SRe2L (recover; relabel = soft-label evaluation columns), DESIGN §4.3; its teacher is config.model.
+    config.sre2l = sre2l.default_config()
+    # Networks trained on the real data and cached (SRe2L's squeeze, MetaDD's auxiliary networks).
+    config.teachers = teachers.default_config()
     # Model pool, DESIGN §4.4: which architecture each outer iteration's networks are; '' = config.model.
     config.pool = pool.default_config()
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import ml_collections
 
-from jaxdd import data, evaluation, kd, reporting, synthetic
+from jaxdd import data, evaluation, kd, relabel, reporting, synthetic
 from jaxdd.config import eval_protocol, split_names, validate
 from jaxdd.errors import UserError
+from jaxdd.methods import sre2l
 from jaxdd.seeding import purpose_key
 
 
@@ -47,6 +48,11 @@ def evaluate_synset(
             config, protocol, workdir, log,
         )  # fmt: skip
         results, columns = side_by_side(results, kd_results, archs)
+    if sre2l.soft_labels_enabled(config):
+        soft = _evaluate_soft(
+            f"{config.method} (IPC {config.ipc})", synset.images, archs, real, eval_key, config, workdir, log
+        )
+        results, columns = with_soft_columns(results, soft, archs)
     reporting.write_json(workdir / "eval.json", results)
     rows = {f"{config.method}, IPC {config.ipc}": results}
     baselines = {}
@@ -118,6 +124,14 @@ def describe_protocol(config: ml_collections.ConfigDict) -> str:
             f"(1−α)·CE, α {k.alpha}, {tau}, τ ×{k.temperature_decay} per epoch (floor {k.min_temperature}); "
             f"teacher {k.teacher} trained on the same set.\n"
         )
+    if sre2l.soft_labels_enabled(config):
+        r = config.sre2l.relabel
+        text += (
+            f"{relabel.COLUMN_SUFFIX}: students trained on the set with KL(teacher ‖ student) at T "
+            f"{r.temperature} on random-resized-crop/flip views (no T² factor, hard labels unused), AdamW lr "
+            f"{r.lr} weight decay {r.weight_decay}, cosine, batch {r.batch_size}, {r.epochs} epochs; teacher "
+            f"{config.model} trained on the real data (SRe2L relabel).\n"
+        )
     return text
 
 
@@ -136,6 +150,24 @@ def side_by_side(plain: dict, kd_results: dict, archs) -> tuple[dict, list[str]]
                 merged[column] = results[arch]
                 columns.append(column)
     return merged, columns
+
+
+def with_soft_columns(results: dict, soft: dict, archs) -> tuple[dict, list[str]]:
+    """`results` plus each arch's soft-label column ('arch+soft') after its other columns, and the
+    column order (arch, arch+KD, arch+soft where present)."""
+    merged = {**results, **{relabel.column(arch): summary for arch, summary in soft.items()}}
+    columns = [c for arch in archs for c in (arch, kd.column(arch), relabel.column(arch)) if c in merged]
+    return merged, columns
+
+
+def _evaluate_soft(name, images, archs, real, key, config, workdir, log) -> dict:
+    log(f"Evaluating {name} with the teacher's soft labels (SRe2L relabel, teacher {config.model}):")
+    results = sre2l.evaluate_soft_labels(config, real, images, archs, key, log=log)
+    for arch, summary in results.items():
+        record = {"event": "eval", "set": name, "arch": relabel.column(arch)}
+        record.update({k: summary[k] for k in ("mean", "std", "seconds", "temperature")})
+        reporting.append_metrics(workdir / "metrics.jsonl", record)
+    return results
 
 
 def _evaluate_set(name, images, labels, archs, real, key, config, protocol, workdir, log, step=None) -> dict:

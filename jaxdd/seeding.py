@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import jax
 
-PURPOSES = {"distill": 0, "eval": 1, "baseline": 2}
+PURPOSES = {"distill": 0, "eval": 1, "baseline": 2, "teacher": 3}
 
 
 def purpose_key(seed: int, purpose: str) -> jax.Array:

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 from jaxdd.errors import UserError
-from jaxdd.methods import gradient_matching, random_subset
+from jaxdd.methods import distribution_matching, gradient_matching, random_subset, sre2l
 from jaxdd.methods.base import DistillState, Method
 
 METHODS: dict[str, Method] = {
     "random": random_subset.METHOD,
     "dc": gradient_matching.METHOD,
     "dsa": gradient_matching.METHOD,
+    "dm": distribution_matching.METHOD,
+    "sre2l": sre2l.METHOD,
 }
 
 

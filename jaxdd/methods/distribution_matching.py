@@ -1,0 +1,255 @@
+"""Distribution matching (DM): Zhao & Bilen, "Dataset Condensation with Distribution Matching", WACV 2023.
+
+One outer iteration, as the reference `main_DM.py` (VICO-UoE/DatasetCondensation; DESIGN §4.2): a fresh
+randomly initialised network (drawn from the model pool when one is configured), its parameters
+constant, embeds a real batch of `batch_real` images and the synthetic images of every class, both
+under the same DSA op and parameters (siamese: one key per class), and the pixels take one
+SGD(lr_img, momentum_img) step on
+
+    L(S) = Σ_c ‖ mean_i emb(A(R_c))_i − mean_j emb(A(S_c))_j ‖²
+
+with emb the model's `out['embedding']` (the classifier's input). Networks without BatchNorm embed one
+class at a time under `lax.map` (one copy of the graph; the gradient of S_c is taken class by class, so
+a class's residuals are freed before the next); BatchNorm networks embed all classes' real images in
+one train-mode batch and all synthetic images in another, as the reference does, because their
+batch statistics depend on the whole batch.
+
+The iteration is ONE jitted program, `outer_step`, compiled once per (architecture, `Settings`).
+Randomness: step t uses `fold_in(state.key, t)`, split into the network's initialisation and the
+matching key (class c's real batch and DSA key from `fold_in(match_key, c)`), so a resumed run repeats
+exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxdd import augment, pool, synthetic, training
+from jaxdd.data.real import RealData, sample_class_batch
+from jaxdd.errors import UserError
+from jaxdd.methods.base import DistillState, Method
+from jaxdd.models import get_model
+
+__all__ = [
+    "METHOD",
+    "Settings",
+    "class_embedding_distance",
+    "default_config",
+    "init",
+    "make_step",
+    "matching_loss",
+    "matching_loss_and_grad",
+    "outer_step",
+    "validate",
+]
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `config.dm` defaults (the reference's, DESIGN §4.2)."""
+    return ml_collections.ConfigDict(
+        {
+            "batch_real": 256,  # real images per class per iteration, capped to the smallest class
+            "lr_img": 1.0,  # the DM readme: 1 (CIFAR-10 at IPC ≥ 100: 10)
+            "momentum_img": 0.5,
+            "dsa_strategy": "",  # '' = augment.default_strategy(dataset); 'none' = no augmentation
+        }
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything static about one DM run (hashable: a `jit` static argument); strategy '' = no DSA."""
+
+    batch_real: int
+    lr_img: float = 1.0
+    momentum_img: float = 0.5
+    strategy: str = ""
+
+    @property
+    def pixel_optimizer(self) -> optax.GradientTransformation:
+        return optax.sgd(self.lr_img, momentum=self.momentum_img or None)
+
+
+def settings_from_config(config: ml_collections.ConfigDict, *, min_class_count: int) -> Settings:
+    """The run's `Settings`; `batch_real` capped to the smallest class (the reference draws
+    `permutation(class)[:n]`)."""
+    dm = config.dm
+    strategy = dm.dsa_strategy or augment.default_strategy(config.dataset)
+    return Settings(
+        batch_real=min(dm.batch_real, min_class_count),
+        lr_img=float(dm.lr_img),
+        momentum_img=float(dm.momentum_img),
+        strategy="_".join(augment.parse_strategy(strategy)),
+    )
+
+
+# ---- the loss ----
+
+
+def embed(model: nn.Module, params, batch_stats, images: jax.Array) -> jax.Array:
+    """Embeddings [B, D] of images [B, H, W, C]: train mode (batch statistics for BatchNorm nets, as the
+    reference's `net.train()`); the running statistics it would update are discarded."""
+    _, out, _ = training.apply_model(model, params, batch_stats, images, train=True)
+    return out["embedding"]
+
+
+def class_embedding_distance(real_embedding: jax.Array, syn_embedding: jax.Array) -> jax.Array:
+    """‖mean(real_embedding, 0) − mean(syn_embedding, 0)‖² for embeddings [B_r, D] and [B_s, D]."""
+    return jnp.sum(jnp.square(jnp.mean(real_embedding, 0) - jnp.mean(syn_embedding, 0)))
+
+
+def _class_views(real: RealData, syn_c: jax.Array, label, key, settings: Settings):
+    """Class `label`'s real batch [batch_real, ...] and its synthetic images [ipc, ...], both augmented
+    with the same DSA key (siamese); batch and key from `fold_in(key, label)`."""
+    real_key, aug_key = jax.random.split(jax.random.fold_in(key, label))
+    real_c = sample_class_batch(real, label, real_key, settings.batch_real)
+    if settings.strategy:
+        real_c = augment.augment(real_c, aug_key, strategy=settings.strategy, siamese=True)
+        syn_c = augment.augment(syn_c, aug_key, strategy=settings.strategy, siamese=True)
+    return real_c, syn_c
+
+
+def _per_class_loss_and_grad(model, params, images, real, key, settings):
+    """Σ_c D_c and ∂/∂images, one class at a time (`lax.map`); networks without BatchNorm only."""
+
+    def one_class(xs):
+        label, syn_c = xs
+
+        def distance(syn_c):
+            real_c, syn_view = _class_views(real, syn_c, label, key, settings)
+            real_embedding = jax.lax.stop_gradient(embed(model, params, {}, real_c))
+            return class_embedding_distance(real_embedding, embed(model, params, {}, syn_view))
+
+        return jax.value_and_grad(distance)(syn_c)
+
+    syn = images.reshape(real.num_classes, -1, *images.shape[1:])
+    labels = jnp.arange(real.num_classes, dtype=jnp.int32)
+    losses, grads = jax.lax.map(one_class, (labels, syn))
+    return jnp.sum(losses), grads.reshape(images.shape)
+
+
+def _all_classes_loss(model, params, batch_stats, images, real, key, settings):
+    """Σ_c D_c with all classes' real images in one train-mode batch and all synthetic ones in another
+    (BatchNorm nets: the batch statistics are those of all classes together, as in the reference)."""
+    syn = images.reshape(real.num_classes, -1, *images.shape[1:])
+    labels = jnp.arange(real.num_classes, dtype=jnp.int32)
+    real_views, syn_views = jax.lax.map(
+        lambda xs: _class_views(real, xs[1], xs[0], key, settings), (labels, syn)
+    )
+    flat = lambda x: x.reshape(-1, *x.shape[2:])
+    real_embedding = jax.lax.stop_gradient(embed(model, params, batch_stats, flat(real_views)))
+    syn_embedding = embed(model, params, batch_stats, flat(syn_views))
+    real_means = real_embedding.reshape(real.num_classes, -1, real_embedding.shape[-1]).mean(1)
+    syn_means = syn_embedding.reshape(real.num_classes, -1, syn_embedding.shape[-1]).mean(1)
+    return jnp.sum(jnp.square(real_means - syn_means))
+
+
+def matching_loss_and_grad(
+    model: nn.Module,
+    params,
+    batch_stats,
+    images: jax.Array,
+    real: RealData,
+    key: jax.Array,
+    settings: Settings,
+) -> tuple[jax.Array, jax.Array]:
+    """The DM loss Σ_c ‖mean emb(A(R_c)) − mean emb(A(S_c))‖² (scalar) and its gradient w.r.t. images
+    [C·ipc, H, W, C] (class-major); `batch_stats` non-empty selects the all-classes BatchNorm path."""
+    if jax.tree.leaves(batch_stats):
+        return jax.value_and_grad(
+            lambda x: _all_classes_loss(model, params, batch_stats, x, real, key, settings)
+        )(images)
+    return _per_class_loss_and_grad(model, params, images, real, key, settings)
+
+
+def matching_loss(model, params, batch_stats, images, real, key, settings: Settings) -> jax.Array:
+    """The DM loss alone (see `matching_loss_and_grad`)."""
+    return matching_loss_and_grad(model, params, batch_stats, images, real, key, settings)[0]
+
+
+# ---- the outer iteration ----
+
+
+@functools.partial(jax.jit, static_argnames=("model", "settings"))
+def outer_step(
+    model: nn.Module, settings: Settings, state: DistillState, real: RealData
+) -> tuple[DistillState, dict]:
+    """One iteration: a fresh network, one pixel step. Returns the new state (step + 1) and metrics:
+    'loss' the reference's per-class loss (Σ_c D_c / C), 'grad_norm' the pixel gradient's L2 norm,
+    'images' the real and synthetic images embedded (the progress line's images/s)."""
+    net_key, match_key = jax.random.split(jax.random.fold_in(state.key, state.step))
+    params, batch_stats = training.init_variables(model, net_key, state.images.shape[1:])
+    loss, grad = matching_loss_and_grad(model, params, batch_stats, state.images, real, match_key, settings)
+    updates, opt_state = settings.pixel_optimizer.update(grad, state.opt_state, state.images)
+    images = optax.apply_updates(state.images, updates)
+    metrics = {
+        "loss": loss / real.num_classes,
+        "grad_norm": optax.tree.norm(grad),
+        "images": jnp.float32(state.images.shape[0] + real.num_classes * settings.batch_real),
+    }
+    return state.replace(images=images, opt_state=opt_state, step=state.step + 1), metrics
+
+
+# ---- the Method interface ----
+
+
+def init(config: ml_collections.ConfigDict, real: RealData, key: jax.Array) -> DistillState:
+    """The first state: `config.init` images (DM: 'real'), the pixel optimiser's state, the key."""
+    init_key, distill_key = jax.random.split(key)
+    synset = synthetic.INITS[config.init](real, config.ipc, init_key)
+    tx = settings_from_config(config, min_class_count=real.min_class_count).pixel_optimizer
+    return DistillState(
+        images=synset.images,
+        labels=synset.labels,
+        opt_state=tx.init(synset.images),
+        key=distill_key,
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def make_step(config: ml_collections.ConfigDict, real: RealData):
+    """`step(state, real) -> (state, metrics)`: `outer_step` bound to the model and `Settings`; with a
+    model pool (DESIGN §4.4) each drawn architecture is bound (and compiled) once."""
+    settings = settings_from_config(config, min_class_count=real.min_class_count)
+
+    def bind(arch):
+        model = get_model(arch, num_classes=real.num_classes, image_shape=tuple(real.image_shape))
+        return functools.partial(outer_step, model, settings)
+
+    return pool.pooled_step(config, bind)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def validate(config: ml_collections.ConfigDict, info) -> None:
+    """UserError for a bad `dm.*` value (info: the dataset's `DatasetInfo`); no data, no compilation."""
+    dm = config.dm
+    _require(config.init in synthetic.INITS, f"init={config.init!r} must be 'real' or 'noise' (DM: real).")
+    _require(
+        config.iterations >= 1,
+        f"method='dm' with iterations={config.iterations} optimises nothing: set --config.iterations "
+        "(the reference: 20000), or use --config.method=random for a random real subset.",
+    )
+    _require(
+        isinstance(dm.batch_real, int) and not isinstance(dm.batch_real, bool) and dm.batch_real >= 1,
+        f"dm.batch_real={dm.batch_real!r} must be an integer ≥ 1 (the reference: 256).",
+    )
+    _require(dm.lr_img > 0, f"dm.lr_img={dm.lr_img!r} must be > 0 (reference: 1; CIFAR-10 IPC ≥ 100: 10).")
+    _require(
+        0 <= dm.momentum_img < 1, f"dm.momentum_img={dm.momentum_img!r} must lie in [0, 1) (reference 0.5)."
+    )
+    if dm.dsa_strategy:
+        augment.parse_strategy(dm.dsa_strategy)
+
+
+METHOD = Method(init=init, make_step=make_step, validate=validate)

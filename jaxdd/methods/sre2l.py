@@ -1,0 +1,341 @@
+"""SRe2L: Yin, Xing & Shen, "Squeeze, Recover and Relabel: Dataset Condensation at ImageNet Scale From
+A New Perspective", NeurIPS 2023 (DESIGN §4.3).
+
+- Squeeze: `config.model` (a BatchNorm network) trained on the real data, cached by `jaxdd.teachers`
+  under `<teachers.dir>/<dataset>/<model>/` and reused by later runs.
+- Recover (this method's step): the synthetic images start from noise and follow Adam(lr_img, betas
+  (beta1, beta2)) with the lr cosine-decayed to 0 over `iterations`, on
+
+      L = CE(teacher(V(x)), y) + r_bn · Σ_l (‖μ_l(V(x)) − μ_l^BN‖₂ + ‖σ²_l(V(x)) − σ²_l^BN‖₂)
+
+  V a random resized crop + flip per image, μ_l, σ²_l the batch mean and biased variance at the input
+  of BatchNorm layer l of the frozen teacher (eval mode), μ^BN, σ²^BN its running statistics; after each
+  step the pixels are clipped to the valid range [0, 1] (in the normalised space), as the reference.
+  Batches: `batch_ipc` images per class form one batch whose statistics are matched (0: the whole set);
+  the batches are independent (`lax.map`), as the reference recovers one image per class at a time.
+- Relabel: `jaxdd.relabel`, soft-label students in the evaluation table (`evaluate_soft_labels`).
+
+The state is a `DistillState` (images, Adam state with its schedule count, key, step), so checkpoints
+and resume go through the run driver; step t's randomness is `fold_in(state.key, t)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxdd import relabel, synthetic, teachers, training
+from jaxdd.data.real import RealData
+from jaxdd.errors import UserError
+from jaxdd.methods.base import DistillState, Method
+from jaxdd.models import MODELS, uses_batch_norm
+from jaxdd.resized_crop import random_resized_crop_flip
+from jaxdd.seeding import purpose_key
+
+__all__ = [
+    "METHOD",
+    "Settings",
+    "bn_statistics_distance",
+    "default_config",
+    "evaluate_soft_labels",
+    "init",
+    "make_step",
+    "recover_loss",
+    "recover_step",
+    "soft_labels_enabled",
+    "validate",
+]
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `config.sre2l` defaults (SRe2L's recover and relabel settings, DESIGN §4.3)."""
+    return ml_collections.ConfigDict(
+        {
+            "lr_img": 0.25,
+            "beta1": 0.5,
+            "beta2": 0.9,
+            "r_bn": 0.01,
+            "min_crop_scale": 0.08,  # RandomResizedCrop(scale=(min_crop_scale, 1))
+            "batch_ipc": 0,  # images per class in one recover batch (BN statistics); 0 = all ipc
+            "relabel": {
+                "enabled": True,  # soft-label columns ('arch+soft') beside the hard-label ones
+                "temperature": 20.0,
+                "epochs": 300,
+                "batch_size": 64,
+                "lr": 1e-3,
+                "weight_decay": 0.01,
+            },
+        }
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything static about one recover run (hashable). `low`/`high`: per-channel pixel bounds in the
+    normalised space ((0 − mean)/std, (1 − mean)/std)."""
+
+    iterations: int
+    lr_img: float = 0.25
+    beta1: float = 0.5
+    beta2: float = 0.9
+    r_bn: float = 0.01
+    min_crop_scale: float = 0.08
+    batch_ipc: int = 0
+    low: tuple[float, ...] = (0.0,)
+    high: tuple[float, ...] = (1.0,)
+
+    @property
+    def pixel_optimizer(self) -> optax.GradientTransformation:
+        schedule = optax.cosine_decay_schedule(self.lr_img, self.iterations)
+        return optax.adam(schedule, b1=self.beta1, b2=self.beta2)
+
+
+def settings_from_config(config: ml_collections.ConfigDict, real_or_info) -> Settings:
+    """The run's `Settings` (`real_or_info`: anything with `mean` and `std`)."""
+    s = config.sre2l
+    mean, std = real_or_info.mean, real_or_info.std
+    return Settings(
+        iterations=int(config.iterations),
+        lr_img=float(s.lr_img),
+        beta1=float(s.beta1),
+        beta2=float(s.beta2),
+        r_bn=float(s.r_bn),
+        min_crop_scale=float(s.min_crop_scale),
+        batch_ipc=int(s.batch_ipc),
+        low=tuple(-m / d for m, d in zip(mean, std, strict=True)),
+        high=tuple((1 - m) / d for m, d in zip(mean, std, strict=True)),
+    )
+
+
+# ---- the loss ----
+
+
+def _safe_norm(x: jax.Array) -> jax.Array:
+    """‖x‖₂ with a zero (not NaN) gradient at x = 0."""
+    squared = jnp.sum(jnp.square(x))
+    positive = squared > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+
+
+def bn_statistics_distance(recorded: dict, running: dict) -> jax.Array:
+    """Σ over BatchNorm layers of ‖μ − μ^BN‖₂ + ‖σ² − σ²^BN‖₂: `recorded` the `bn_stats` collection (batch
+    mean and biased variance, [C_l] per layer), `running` the `batch_stats` one (same tree)."""
+    norms = jax.tree.map(lambda batch, run: _safe_norm(batch - run), recorded, running)
+    return sum(jax.tree.leaves(norms), jnp.zeros(()))
+
+
+def teacher_outputs(model: nn.Module, variables: dict, images: jax.Array) -> tuple[jax.Array, dict]:
+    """The frozen teacher (eval mode) on images [B,H,W,C]: logits [B,K] and its `bn_stats` collection."""
+    (logits, _), recorded = model.apply(variables, images, train=False, mutable=["bn_stats"])
+    return logits, recorded["bn_stats"]
+
+
+def recover_loss(
+    model: nn.Module,
+    variables: dict,
+    images: jax.Array,
+    labels: jax.Array,
+    key: jax.Array,
+    settings: Settings,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """(CE + r_bn · BN distance, (CE, BN distance)) of one batch images [B,H,W,C], labels [B]."""
+    views = random_resized_crop_flip(images, key, min_scale=settings.min_crop_scale)
+    logits, recorded = teacher_outputs(model, variables, views)
+    ce = training.cross_entropy(logits, labels)
+    bn = bn_statistics_distance(recorded, variables["batch_stats"])
+    return ce + settings.r_bn * bn, (ce, bn)
+
+
+def _batches(images: jax.Array, num_classes: int, batch_ipc: int) -> jax.Array:
+    """Class-major images [C·ipc, ...] -> [G, C·batch_ipc, ...]: batch g holds images g·b..(g+1)·b − 1
+    of every class (class-major within the batch)."""
+    b = batch_ipc
+    per_class = images.reshape(num_classes, -1, b, *images.shape[1:])  # [C, G, b, ...]
+    return jnp.swapaxes(per_class, 0, 1).reshape(per_class.shape[1], num_classes * b, *images.shape[1:])
+
+
+def _unbatch(batches: jax.Array, num_classes: int) -> jax.Array:
+    """The inverse of `_batches`."""
+    g, _, *rest = batches.shape
+    per_class = jnp.swapaxes(batches.reshape(g, num_classes, -1, *rest), 0, 1)
+    return per_class.reshape(-1, *rest)
+
+
+def recover_loss_and_grad(model, variables, images, num_classes: int, key, settings: Settings):
+    """Mean loss, CE and BN distance over the batches, and ∂/∂images of the summed loss (each batch's
+    images get their own batch's gradient); one batch at a time."""
+    batch_ipc = settings.batch_ipc or images.shape[0] // num_classes
+    batches = _batches(images, num_classes, batch_ipc)
+    labels = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), batch_ipc)
+    value_and_grad = jax.value_and_grad(
+        lambda x, k: recover_loss(model, variables, x, labels, k, settings), has_aux=True
+    )
+    keys = jax.random.split(key, batches.shape[0])
+    if batches.shape[0] == 1:
+        (loss, (ce, bn)), grads = jax.tree.map(lambda x: x[None], value_and_grad(batches[0], keys[0]))
+    else:
+        (loss, (ce, bn)), grads = jax.lax.map(lambda xs: value_and_grad(*xs), (batches, keys))
+    return jnp.mean(loss), jnp.mean(ce), jnp.mean(bn), _unbatch(grads, num_classes)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "settings"))
+def recover_step(
+    model: nn.Module, settings: Settings, variables: dict, state: DistillState, real: RealData
+) -> tuple[DistillState, dict]:
+    """One Adam step of the recover objective; metrics 'loss' (mean over batches), 'ce', 'bn',
+    'grad_norm', 'lr' and 'images' (synthetic images seen)."""
+    key = jax.random.fold_in(state.key, state.step)
+    num_classes = real.num_classes
+    loss, ce, bn, grad = recover_loss_and_grad(model, variables, state.images, num_classes, key, settings)
+    updates, opt_state = settings.pixel_optimizer.update(grad, state.opt_state, state.images)
+    images = jnp.clip(
+        optax.apply_updates(state.images, updates), jnp.asarray(settings.low), jnp.asarray(settings.high)
+    )
+    metrics = {
+        "loss": loss,
+        "ce": ce,
+        "bn": bn,
+        "grad_norm": optax.tree.norm(grad),
+        "lr": optax.cosine_decay_schedule(settings.lr_img, settings.iterations)(state.step),
+        "images": jnp.float32(state.images.shape[0]),
+    }
+    return state.replace(images=images, opt_state=opt_state, step=state.step + 1), metrics
+
+
+# ---- the Method interface ----
+
+
+def teacher_options(config: ml_collections.ConfigDict) -> teachers.TeacherOptions:
+    return teachers.options_from_config(config.teachers, config.dataset)
+
+
+def load_teacher(config: ml_collections.ConfigDict, real: RealData, *, log=print) -> teachers.Teacher:
+    """The squeeze step: the cached `config.model` teacher of the dataset, or one trained now from
+    `purpose_key(seed, 'teacher')`."""
+    key = purpose_key(config.seed, "teacher")
+    return teachers.load_or_train_teacher(config.model, real, key, teacher_options(config), log=log)
+
+
+def init(config: ml_collections.ConfigDict, real: RealData, key: jax.Array) -> DistillState:
+    """The first state: `config.init` images (SRe2L: 'noise'), Adam's state, the key."""
+    init_key, distill_key = jax.random.split(key)
+    synset = synthetic.INITS[config.init](real, config.ipc, init_key)
+    tx = settings_from_config(config, real).pixel_optimizer
+    return DistillState(
+        images=synset.images,
+        labels=synset.labels,
+        opt_state=tx.init(synset.images),
+        key=distill_key,
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def make_step(config: ml_collections.ConfigDict, real: RealData):
+    """`step(state, real)`: `recover_step` bound to the teacher (loaded or trained now) and `Settings`."""
+    teacher = load_teacher(config, real)
+    return functools.partial(
+        recover_step, teacher.model, settings_from_config(config, real), teacher.variables
+    )
+
+
+def soft_labels_enabled(config: ml_collections.ConfigDict) -> bool:
+    """Whether the evaluation adds soft-label ('arch+soft') columns: SRe2L runs with relabel enabled."""
+    return config.method == "sre2l" and bool(config.sre2l.relabel.enabled)
+
+
+def relabel_protocol(config: ml_collections.ConfigDict) -> relabel.RelabelProtocol:
+    r = config.sre2l.relabel
+    return relabel.RelabelProtocol(
+        epochs=int(r.epochs),
+        batch_size=int(r.batch_size),
+        lr=float(r.lr),
+        weight_decay=float(r.weight_decay),
+        temperature=float(r.temperature),
+        min_crop_scale=float(config.sre2l.min_crop_scale),
+        test_batch_size=int(config.eval.test_batch_size),
+    )
+
+
+def evaluate_soft_labels(
+    config: ml_collections.ConfigDict,
+    real: RealData,
+    images: jax.Array,
+    archs,
+    key: jax.Array,
+    *,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """The relabel step for every eval architecture: {arch: summary + 'teacher', 'teacher_acc'}."""
+    teacher = load_teacher(config, real, log=log)
+    results = relabel.evaluate_archs_soft(
+        archs, real, images, key, protocol=relabel_protocol(config),
+        teacher=(teacher.model, teacher.variables), num_nets=config.eval.num_nets,
+        parallel=config.eval.parallel, log=log,
+    )  # fmt: skip
+    name = teachers.arch_folder_name(teachers.as_arch(config.model))
+    return {arch: {**s, "teacher": name, "teacher_acc": teacher.test_accuracy} for arch, s in results.items()}
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def validate(config: ml_collections.ConfigDict, info) -> None:
+    """UserError for a bad `sre2l.*` / `teachers.*` value, a teacher without BatchNorm or a missing cached
+    teacher that may not be trained (info: the dataset's `DatasetInfo`); nothing compiles."""
+    s, r = config.sre2l, config.sre2l.relabel
+    _require(config.init in synthetic.INITS, f"init={config.init!r} must be 'noise' (SRe2L) or 'real'.")
+    _require(
+        _positive_int(config.iterations),
+        f"method='sre2l' needs iterations ≥ 1 (recover steps), got {config.iterations!r}: e.g. "
+        "--config.iterations=1000 (the reference for small datasets).",
+    )
+    if not uses_batch_norm(teachers.as_arch(config.model)):
+        bn_models = ", ".join(name for name in MODELS if uses_batch_norm(name))
+        raise UserError(
+            f"method='sre2l' matches the teacher's BatchNorm statistics, but model={config.model!r} has no "
+            f"BatchNorm: choose a BatchNorm teacher with --config.model, one of {bn_models}."
+        )
+    _require(
+        not config.get("pool") or not config.pool.preset,
+        f"pool.preset={config.pool.preset if config.get('pool') else ''!r}: SRe2L recovers from one "
+        "teacher, not a model pool; set --config.pool.preset=''.",
+    )
+    _require(s.lr_img > 0, f"sre2l.lr_img={s.lr_img!r} must be > 0 (the reference: 0.25).")
+    for name in ("beta1", "beta2"):
+        _require(0 <= s[name] < 1, f"sre2l.{name}={s[name]!r} must lie in [0, 1) (reference 0.5 / 0.9).")
+    _require(s.r_bn >= 0, f"sre2l.r_bn={s.r_bn!r} must be ≥ 0 (the reference: 0.01).")
+    _require(
+        0 < s.min_crop_scale <= 1, f"sre2l.min_crop_scale={s.min_crop_scale!r} must lie in (0, 1] (ref 0.08)."
+    )
+    _require(
+        isinstance(s.batch_ipc, int)
+        and s.batch_ipc >= 0
+        and (s.batch_ipc == 0 or config.ipc % s.batch_ipc == 0),
+        f"sre2l.batch_ipc={s.batch_ipc!r} must be 0 (all images in one batch) or an integer ≥ 1 dividing "
+        f"ipc={config.ipc}.",
+    )
+    _require(r.temperature > 0, f"sre2l.relabel.temperature={r.temperature!r} must be > 0 (SRe2L: 20).")
+    _require(r.lr > 0, f"sre2l.relabel.lr={r.lr!r} must be > 0 (SRe2L: 1e-3).")
+    _require(r.weight_decay >= 0, f"sre2l.relabel.weight_decay={r.weight_decay!r} must be ≥ 0 (SRe2L: 0.01).")
+    for name in ("epochs", "batch_size"):
+        _require(_positive_int(r[name]), f"sre2l.relabel.{name}={r[name]!r} must be an integer ≥ 1.")
+    teachers.validate(config.teachers)
+    teachers.require_cached_or_trainable(
+        teacher_options(config), info.name, config.model, flag="--config.teachers.train"
+    )
+
+
+METHOD = Method(init=init, make_step=make_step, validate=validate)
