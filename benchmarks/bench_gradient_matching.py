@@ -59,10 +59,18 @@ class Variant:
         memory = self.compiled.memory_analysis()
         self.temp_gb = getattr(memory, "temp_size_in_bytes", 0) / 2**30 if memory is not None else 0.0
         self.times: list[float] = []
+        self.error = ""
 
     def run(self) -> float:
+        """Seconds of one outer iteration; inf (recorded as 'failed') when the run itself fails, e.g.
+        out of memory, so that one variant does not lose the others' figures."""
         start = time.perf_counter()
-        jax.block_until_ready(self.compiled(self.state, self.real))
+        try:
+            jax.block_until_ready(self.compiled(self.state, self.real))
+        except jax.errors.JaxRuntimeError as error:
+            self.error = str(error).splitlines()[0][:80]
+            self.times.append(float("inf"))
+            return self.times[-1]
         self.times.append(time.perf_counter() - start)
         return self.times[-1]
 
@@ -125,7 +133,7 @@ def main(argv=None) -> None:
         print(f"  {variants[-1].compile_s:.1f} s, temp {variants[-1].temp_gb:.2f} GiB", flush=True)
     for repeat in range(args.repeats):
         for v in variants:
-            if repeat and v.times[0] > args.skip_over:
+            if repeat and (v.error or v.times[0] > args.skip_over):
                 continue
             print(f"{v.info}: {v.run():.2f} s", flush=True)
 
@@ -136,6 +144,10 @@ def main(argv=None) -> None:
         best = min(v.times)
         matched = i["K"] * i["outer"] * args.classes * (args.batch_real + i["ipc"])
         row = {**i, "compile_s": round(v.compile_s, 1), "temp_gib": round(v.temp_gb, 2)}
+        if v.error:
+            row.update(runs=len(v.times), seconds="failed", images_per_s="-", vs_fastest=v.error)
+            rows.append(row)
+            continue
         row.update(runs=len(v.times), seconds=round(best, 2), images_per_s=round(matched / best, 1))
         row["vs_fastest"] = round(best / fastest, 2)
         one = [w for w in variants if w.info == {**i, "outer": 1}]

@@ -13,6 +13,10 @@ TINY = [
     "--config.eval.archs=ConvNet,MLP",
     "--config.eval.epochs=2",
     "--config.eval.num_nets=2",
+    "--config.iterations=2",
+    "--config.gm.outer_loop=2",
+    "--config.gm.inner_loop=1",
+    "--config.gm.batch_real=8",
 ]
 
 
@@ -33,7 +37,7 @@ def test_default_recipe_end_to_end_then_evaluate_and_table(tmp_path):
     for summary in results.values():
         assert len(summary["accs"]) == 2 and all(0 <= a <= 1 for a in summary["accs"])
         assert summary["mean"] == pytest.approx(sum(summary["accs"]) / 2)
-    assert "| random, IPC 2 |" in done.stdout
+    assert "| dsa, IPC 2 |" in done.stdout and "| random real, IPC 2 |" in done.stdout
     assert json.loads((workdir / "config.json").read_text())["ipc"] == 2
 
     again = _jaxdd("--mode=evaluate", "--config=configs/default.py", f"--workdir={workdir}", *TINY)
