@@ -337,3 +337,11 @@ def test_other_dataset_shapes(name, image_shape, feature_map, embed_dim):
         assert "feature_map" not in out
     else:
         assert out["feature_map"].shape == (2, *feature_map)
+
+
+def test_a_config_dict_spec_builds_the_same_convnet_as_a_plain_dict():
+    import ml_collections
+
+    spec = {"width": 8, "depth": 2, "norm": "batchnorm"}
+    from_config = get_model(ml_collections.ConfigDict(spec), num_classes=3, image_shape=(8, 8, 1))
+    assert from_config == get_model(spec, num_classes=3, image_shape=(8, 8, 1))

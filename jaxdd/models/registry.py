@@ -78,6 +78,8 @@ def model_names() -> list[str]:
 
 def _build(spec: Spec, num_classes: int) -> tuple[str, nn.Module]:
     """(display name, module) for a name, a ConvNetSpec or a dict of ConvNetSpec fields."""
+    if hasattr(spec, "to_dict"):  # an ml_collections.ConfigDict from a config file or flag
+        spec = spec.to_dict()
     if isinstance(spec, Mapping):
         spec = ConvNetSpec.from_dict(dict(spec))
     if isinstance(spec, ConvNetSpec):
