@@ -7,7 +7,7 @@ import numbers
 
 import ml_collections
 
-from jaxdd import augment, data, evaluation, kd, methods, models, pool, teachers
+from jaxdd import augment, data, evaluation, kd, metadd, methods, models, pool, teachers
 from jaxdd.errors import UserError
 from jaxdd.methods import distribution_matching, gradient_matching, sre2l
 
@@ -43,6 +43,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.teachers = teachers.default_config()
     # Model pool, DESIGN §4.4: which architecture each outer iteration's networks are; '' = config.model.
     config.pool = pool.default_config()
+    # MetaDD, DESIGN §4.6: an architecture-invariant regularizer added to dc / dsa / dm / sre2l.
+    config.metadd = metadd.default_config()
 
     config.eval = ml_collections.ConfigDict()
     config.eval.archs = "ConvNet,MLP,LeNet,AlexNet,VGG11,ResNet18"  # comma-separated; '' = no evaluation
@@ -192,6 +194,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_eval(config.eval, info)
     if "kd" in config:
         kd.validate(config.kd, info)
+    metadd.validate(config, info)
     if method.validate is not None:
         method.validate(config, info)
     elif config.iterations:

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxdd import augment, pool, synthetic, training
+from jaxdd import augment, metadd, pool, synthetic, training
 from jaxdd.data.real import RealData, sample_class_batch
 from jaxdd.errors import UserError
 from jaxdd.methods.base import DistillState, Method
@@ -179,20 +179,29 @@ def matching_loss(model, params, batch_stats, images, real, key, settings: Setti
 
 @functools.partial(jax.jit, static_argnames=("model", "settings"))
 def outer_step(
-    model: nn.Module, settings: Settings, state: DistillState, real: RealData
+    model: nn.Module,
+    settings: Settings,
+    state: DistillState,
+    real: RealData,
+    aux: metadd.Auxiliaries | None = None,
 ) -> tuple[DistillState, dict]:
     """One iteration: a fresh network, one pixel step. Returns the new state (step + 1) and metrics:
     'loss' the reference's per-class loss (Σ_c D_c / C), 'grad_norm' the pixel gradient's L2 norm,
-    'images' the real and synthetic images embedded (the progress line's images/s)."""
+    'images' the real and synthetic images embedded (the progress line's images/s). With MetaDD
+    auxiliary networks `aux` (DESIGN §4.6) the step adds their gradient (`metadd.add_gradient`) and
+    returns their metrics too."""
     net_key, match_key = jax.random.split(jax.random.fold_in(state.key, state.step))
     params, batch_stats = training.init_variables(model, net_key, state.images.shape[1:])
     loss, grad = matching_loss_and_grad(model, params, batch_stats, state.images, real, match_key, settings)
+    grad_norm = optax.tree.norm(grad)
+    grad, regularizer_metrics = metadd.add_gradient(aux, state.images, state.labels, match_key, grad)
     updates, opt_state = settings.pixel_optimizer.update(grad, state.opt_state, state.images)
     images = optax.apply_updates(state.images, updates)
     metrics = {
         "loss": loss / real.num_classes,
-        "grad_norm": optax.tree.norm(grad),
+        "grad_norm": grad_norm,
         "images": jnp.float32(state.images.shape[0] + real.num_classes * settings.batch_real),
+        **regularizer_metrics,
     }
     return state.replace(images=images, opt_state=opt_state, step=state.step + 1), metrics
 
@@ -216,12 +225,14 @@ def init(config: ml_collections.ConfigDict, real: RealData, key: jax.Array) -> D
 
 def make_step(config: ml_collections.ConfigDict, real: RealData):
     """`step(state, real) -> (state, metrics)`: `outer_step` bound to the model and `Settings`; with a
-    model pool (DESIGN §4.4) each drawn architecture is bound (and compiled) once."""
+    model pool (DESIGN §4.4) each drawn architecture is bound (and compiled) once; with
+    `config.metadd.enabled` all of them get the same MetaDD auxiliary networks."""
     settings = settings_from_config(config, min_class_count=real.min_class_count)
+    aux = metadd.load_auxiliaries(config, real)
 
     def bind(arch):
         model = get_model(arch, num_classes=real.num_classes, image_shape=tuple(real.image_shape))
-        return functools.partial(outer_step, model, settings)
+        return functools.partial(outer_step, model, settings, aux=aux)
 
     return pool.pooled_step(config, bind)
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxdd import augment, pool, sharding, synthetic, training
+from jaxdd import augment, metadd, pool, sharding, synthetic, training
 from jaxdd.data.real import RealData, class_indices
 from jaxdd.errors import UserError
 from jaxdd.methods.base import DistillState, Method
@@ -247,14 +247,20 @@ def train_nets(model, settings: Settings, nets, images, labels, key):
 
 @functools.partial(jax.jit, static_argnames=("model", "settings"))
 def outer_step(
-    model: nn.Module, settings: Settings, state: DistillState, real: RealData
+    model: nn.Module,
+    settings: Settings,
+    state: DistillState,
+    real: RealData,
+    aux: metadd.Auxiliaries | None = None,
 ) -> tuple[DistillState, dict]:
     """One outer iteration (fresh networks, `outer_loop` pixel steps); a pure function of `state`.
 
     Returns the new state (step + 1) and metrics: 'loss' the reference's loss_avg (Σ_c D / C, averaged
     over the outer loop and the K networks), 'loss_first'/'loss_last' the same for the first and last
     match, 'grad_norm' the mean L2 norm of the pixel gradient, 'inner_ce' the mean CE of the networks'
-    last inner epoch (0 when outer_loop is 1), 'images' the real and synthetic images matched.
+    last inner epoch (0 when outer_loop is 1), 'images' the real and synthetic images matched. With MetaDD
+    auxiliary networks `aux` (DESIGN §4.6), every pixel step adds their gradient (`metadd.add_gradient`)
+    and the metrics gain MetaDD's, averaged over the outer loop ('grad_norm' stays the base gradient's).
     """
     key = jax.random.fold_in(state.key, state.step)
     net_key, loop_key = jax.random.split(key)
@@ -271,6 +277,8 @@ def outer_step(
         loss, grad = stacked_matching_loss_and_grad(
             model, nets, images, real, match_key, **settings.loss_options
         )
+        grad_norm = optax.tree.norm(grad)
+        grad, regularizer_metrics = metadd.add_gradient(aux, images, state.labels, match_key, grad)
         updates, opt_state = tx.update(grad, opt_state, images)
         images = optax.apply_updates(images, updates)
         inner_ce = jnp.zeros(())
@@ -281,14 +289,14 @@ def outer_step(
                 lambda n: (n, jnp.zeros(())),
                 nets,
             )
-        return (images, opt_state, nets), (loss, optax.tree.norm(grad), inner_ce)
+        return (images, opt_state, nets), (loss, grad_norm, inner_ce, regularizer_metrics)
 
     carry = (state.images, state.opt_state, nets)
     if settings.outer_loop == 1:  # the single match needs no loop
         (images, opt_state, _), outs = match_and_train(carry, jnp.int32(0))
-        losses, grad_norms, inner_ces = (x[None] for x in outs)
+        losses, grad_norms, inner_ces, regularizer_metrics = jax.tree.map(lambda x: x[None], outs)
     else:
-        (images, opt_state, _), (losses, grad_norms, inner_ces) = jax.lax.scan(
+        (images, opt_state, _), (losses, grad_norms, inner_ces, regularizer_metrics) = jax.lax.scan(
             match_and_train, carry, jnp.arange(settings.outer_loop)
         )
     per_class = losses / real.num_classes
@@ -301,6 +309,7 @@ def outer_step(
         # real + synthetic images matched (the progress line's images/s)
         "images": jnp.float32(settings.num_nets * settings.outer_loop * state.images.shape[0])
         + settings.num_nets * settings.outer_loop * real.num_classes * settings.batch_real,
+        **{name: jnp.mean(values) for name, values in regularizer_metrics.items()},
     }
     return state.replace(images=images, opt_state=opt_state, step=state.step + 1), metrics
 
@@ -327,14 +336,16 @@ def init(config: ml_collections.ConfigDict, real: RealData, key: jax.Array) -> D
 def make_step(config: ml_collections.ConfigDict, real: RealData):
     """`step(state, real) -> (state, metrics)`: the jitted `outer_step` bound to this config's model and
     `Settings` (available as `step.args`); with a model pool (`config.pool`, DESIGN §4.4), a
-    `pool.PooledStep` that binds each drawn architecture the same way, compiling each once."""
+    `pool.PooledStep` that binds each drawn architecture the same way, compiling each once. With
+    `config.metadd.enabled`, every architecture's step gets the same auxiliary networks (`aux`)."""
     settings = settings_from_config(
         config, min_class_count=real.min_class_count, num_classes=real.num_classes
     )
+    aux = metadd.load_auxiliaries(config, real)
 
     def bind(arch):
         model = get_model(arch, num_classes=real.num_classes, image_shape=tuple(real.image_shape))
-        return functools.partial(outer_step, model, settings)
+        return functools.partial(outer_step, model, settings, aux=aux)
 
     return pool.pooled_step(config, bind)
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxdd import relabel, synthetic, teachers, training
+from jaxdd import metadd, relabel, synthetic, teachers, training
 from jaxdd.data.real import RealData
 from jaxdd.errors import UserError
 from jaxdd.methods.base import DistillState, Method
@@ -187,13 +187,21 @@ def recover_loss_and_grad(model, variables, images, num_classes: int, key, setti
 
 @functools.partial(jax.jit, static_argnames=("model", "settings"))
 def recover_step(
-    model: nn.Module, settings: Settings, variables: dict, state: DistillState, real: RealData
+    model: nn.Module,
+    settings: Settings,
+    variables: dict,
+    state: DistillState,
+    real: RealData,
+    aux: metadd.Auxiliaries | None = None,
 ) -> tuple[DistillState, dict]:
     """One Adam step of the recover objective; metrics 'loss' (mean over batches), 'ce', 'bn',
-    'grad_norm', 'lr' and 'images' (synthetic images seen)."""
+    'grad_norm', 'lr' and 'images' (synthetic images seen). With MetaDD auxiliary networks `aux`
+    (DESIGN §4.6) the step adds their gradient (`metadd.add_gradient`) and returns their metrics too."""
     key = jax.random.fold_in(state.key, state.step)
     num_classes = real.num_classes
     loss, ce, bn, grad = recover_loss_and_grad(model, variables, state.images, num_classes, key, settings)
+    grad_norm = optax.tree.norm(grad)
+    grad, regularizer_metrics = metadd.add_gradient(aux, state.images, state.labels, key, grad)
     updates, opt_state = settings.pixel_optimizer.update(grad, state.opt_state, state.images)
     images = jnp.clip(
         optax.apply_updates(state.images, updates), jnp.asarray(settings.low), jnp.asarray(settings.high)
@@ -202,9 +210,10 @@ def recover_step(
         "loss": loss,
         "ce": ce,
         "bn": bn,
-        "grad_norm": optax.tree.norm(grad),
+        "grad_norm": grad_norm,
         "lr": optax.cosine_decay_schedule(settings.lr_img, settings.iterations)(state.step),
         "images": jnp.float32(state.images.shape[0]),
+        **regularizer_metrics,
     }
     return state.replace(images=images, opt_state=opt_state, step=state.step + 1), metrics
 
@@ -238,10 +247,15 @@ def init(config: ml_collections.ConfigDict, real: RealData, key: jax.Array) -> D
 
 
 def make_step(config: ml_collections.ConfigDict, real: RealData):
-    """`step(state, real)`: `recover_step` bound to the teacher (loaded or trained now) and `Settings`."""
+    """`step(state, real)`: `recover_step` bound to the teacher (loaded or trained now), `Settings` and,
+    with `config.metadd.enabled`, the MetaDD auxiliary networks."""
     teacher = load_teacher(config, real)
     return functools.partial(
-        recover_step, teacher.model, settings_from_config(config, real), teacher.variables
+        recover_step,
+        teacher.model,
+        settings_from_config(config, real),
+        teacher.variables,
+        aux=metadd.load_auxiliaries(config, real),
     )
 
 
