@@ -1,30 +1,32 @@
 """The offline default: DSA (gradient matching with siamese augmentation) on scikit-learn's 8×8 digits,
-IPC 10, a short run with its cross-architecture table beside the random-real baseline; a few minutes on
+IPC 1, a short run with its cross-architecture table beside the random-real baseline; a few minutes on
 a 2-core CPU, no download.
 
   python -m jaxdd.main --config=configs/default.py --workdir=runs/default
 
 Shortened from configs/dsa_digits.py (1000 iterations, 1000 evaluation epochs) so that a newcomer sees
-the whole pipeline quickly: ITERATIONS iterations with the reference (outer, inner) loops for IPC 10,
+the whole pipeline quickly: ITERATIONS iterations with the reference (outer, inner) loops for IPC 1,
 evaluation with 3 networks per architecture, 300 epochs with per-image DSA. LeNet and VGG11 cannot pool
-8×8 images, so the table covers ConvNet, MLP, AlexNet and ResNet18.
+8×8 images; ResNet18 is left out because on 8×8 digits it stayed at chance (9.8%) and took 2 of the 5
+minutes on 2 cores. Measured with it: 6.5 min; ConvNet 84.7 ± 0.4, MLP 79.6, AlexNet 74.5 (random real:
+65.9 / 64.3 / 56.0).
 """
 
 from jaxdd.config import apply_arg, base_config
 
-ITERATIONS = 40
+ITERATIONS = 100
 
 
 def get_config(arg: str = ""):
     config = base_config()
     config.dataset = "digits"
-    config.ipc = 10
+    config.ipc = 1
     config.method = "dsa"
     config.init = "real"
     config.iterations = ITERATIONS
     config.checkpoint_every = 10
     config.log_every = 5
-    config.eval.archs = "ConvNet,MLP,AlexNet,ResNet18"
+    config.eval.archs = "ConvNet,MLP,AlexNet"
     config.eval.num_nets = 3
     config.eval.epochs = 300
     config.eval.augment = "dsa"
