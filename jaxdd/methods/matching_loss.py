@@ -109,6 +109,17 @@ def _per_class(fn_of_class, key, real: RealData, batch_real: int):
     return one_class
 
 
+def _every_class(one_class, images: jax.Array, num_classes: int, chunk: int, loop: str, devices: int):
+    """one_class(label, syn_c) for every class of the class-major images [C·ipc, H, W, C], stacked on a
+    leading class axis, the classes split over `devices` devices."""
+    syn = images.reshape(num_classes, -1, *images.shape[1:])
+    labels = jnp.arange(num_classes, dtype=jnp.int32)
+    per_class = sharding.over_class_shards(
+        lambda labels, syn: over_classes(one_class, labels, syn, chunk=chunk, loop=loop), devices
+    )
+    return per_class(labels, syn)
+
+
 def matching_loss(
     model: nn.Module,
     params,
@@ -134,12 +145,7 @@ def matching_loss(
         model, params, batch_stats, real_c, syn_c, label, aug_key, strategy=strategy, metric=metric
     )
     one_class = _per_class(distance_c, key, real, batch_real)
-    syn = images.reshape(real.num_classes, -1, *images.shape[1:])
-    labels = jnp.arange(real.num_classes, dtype=jnp.int32)
-    per_class = sharding.over_class_shards(
-        lambda labels, syn: over_classes(one_class, labels, syn, chunk=class_chunk, loop=class_loop), devices
-    )
-    return jnp.sum(per_class(labels, syn))
+    return jnp.sum(_every_class(one_class, images, real.num_classes, class_chunk, class_loop, devices))
 
 
 def matching_loss_and_grad(
@@ -174,12 +180,7 @@ def matching_loss_and_grad(
         real,
         batch_real,
     )
-    syn = images.reshape(real.num_classes, -1, *images.shape[1:])
-    labels = jnp.arange(real.num_classes, dtype=jnp.int32)
-    per_class = sharding.over_class_shards(
-        lambda labels, syn: over_classes(one_class, labels, syn, chunk=class_chunk, loop=class_loop), devices
-    )
-    losses, grads = per_class(labels, syn)
+    losses, grads = _every_class(one_class, images, real.num_classes, class_chunk, class_loop, devices)
     return jnp.sum(losses), grads.reshape(images.shape)
 
 
