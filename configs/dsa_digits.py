@@ -19,5 +19,5 @@ def get_config(arg: str = ""):
     config.iterations = 1000
     config.eval.augment = "dsa"  # evaluation trains with per-image DSA, 1000 epochs
     config.eval.epochs = 1000
-    config.eval.archs = "ConvNet,MLP,AlexNet,ResNet18"  # LeNet and VGG11 cannot pool 8×8 images
+    config.eval.archs = "ConvNet,MLP,AlexNet,ResNet18BN"  # no LeNet, VGG11 (8×8 too small), ResNet18 (IN)
     return apply_arg(config, arg)

@@ -12,7 +12,7 @@ Presets (DESIGN §4.4): main_similar (the paper's choice, the default), main_oth
 iterations, IPC 10, init noise, loops from the reference table; evaluation 300 epochs, no augmentation;
 --config.kd.enabled=True adds knowledge-distillation columns (teacher ConvNet, α 0.5, τ 1.5).
 No published number (scikit-learn digits is jaxdd's offline smoke-test set). Only
-`main_similar` and custom pools of ConvNets, MLP, AlexNet or ResNet18 run here: LeNet and VGG11 cannot
+`main_similar` and custom pools of ConvNets, MLP, AlexNet or ResNet18BN run here: LeNet and VGG11 cannot
 pool 8×8 images, so `main_others` and `uniform` are rejected before anything compiles.
 """
 
@@ -25,5 +25,5 @@ def get_config(arg: str = ""):
     config.method = "dc"
     config.init = "noise"
     config.iterations = 1000
-    config.eval.archs = "ConvNet,MLP,AlexNet,ResNet18"  # LeNet and VGG11 cannot pool 8×8 images
+    config.eval.archs = "ConvNet,MLP,AlexNet,ResNet18BN"  # no LeNet, VGG11 (8×8 too small), ResNet18 (IN)
     return apply_pool_arg(config, arg, default="main_similar")

@@ -24,5 +24,5 @@ def get_config(arg: str = ""):
     config.model = "ConvNetBN"  # the teacher: SRe2L needs BatchNorm
     config.init = "noise"
     config.iterations = 1000
-    config.eval.archs = "ConvNet,MLP,AlexNet,ResNet18"  # LeNet and VGG11 cannot pool 8×8 images
+    config.eval.archs = "ConvNet,MLP,AlexNet,ResNet18BN"  # no LeNet, VGG11 (8×8 too small), ResNet18 (IN)
     return apply_arg(config, arg)

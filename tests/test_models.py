@@ -314,7 +314,23 @@ def test_min_image_size_agrees_with_tracing(name, channels):
             broken = any(0 in a.shape for a in (logits, *out.values()))
         except Exception:
             broken = True
-        assert broken
+        assert broken or _embeds_every_image_alike(model, (size - 1, size - 1, channels))
+
+
+def _embeds_every_image_alike(model, image_shape) -> bool:
+    """Whether two different random images get the same embedding (a net that cannot see its input)."""
+    images = jax.random.normal(_key(1), (2, *image_shape))
+    variables = model.init(_key(0), images, train=False)
+    _, out = model.apply(variables, images, train=False)
+    return bool(np.allclose(out["embedding"][0], out["embedding"][1], atol=1e-6))
+
+
+def test_instance_norm_resnet18_is_refused_on_8x8_images_but_resnet18bn_is_not():
+    """On 8x8 digits ResNet18's last map is 1x1 and instance norm zeroes it (it trained at chance)."""
+    with pytest.raises(UserError, match="ResNet18 needs images of at least 9x9.*ResNet18BN works"):
+        get_model("ResNet18", num_classes=10, image_shape=(8, 8, 1))
+    check_input_shape("ResNet18BN", (8, 8, 1), 10)
+    assert not _embeds_every_image_alike(ResNet18(num_classes=10, widths=(4, 4, 8, 8)), (9, 9, 1))
 
 
 @pytest.mark.parametrize(

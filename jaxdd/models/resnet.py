@@ -80,4 +80,8 @@ class ResNet18(nn.Module):
         """Smallest image side the net accepts, and why."""
         if self.downsample == "avgpool":
             return 8, "3 average-pool downsamplings"
+        if self.norm == "instancenorm":
+            # below 9x9 the last stage's map is 1x1, and instance norm of a single pixel is 0: every
+            # image gets the same embedding and the net stays at chance (ResNet18BN has no such limit)
+            return 9, "instance norm of the last stage's 1x1 map is zero for every image; ResNet18BN works"
         return 1, "strided convolutions with padding"
