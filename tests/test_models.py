@@ -327,7 +327,7 @@ def _embeds_every_image_alike(model, image_shape) -> bool:
 
 def test_instance_norm_resnet18_is_refused_on_8x8_images_but_resnet18bn_is_not():
     """On 8x8 digits ResNet18's last map is 1x1 and instance norm zeroes it (it trained at chance)."""
-    with pytest.raises(UserError, match="ResNet18 needs images of at least 9x9.*ResNet18BN works"):
+    with pytest.raises(UserError, match=r"ResNet18 needs images of at least 9x9.*ResNet18BN works"):
         get_model("ResNet18", num_classes=10, image_shape=(8, 8, 1))
     check_input_shape("ResNet18BN", (8, 8, 1), 10)
     assert not _embeds_every_image_alike(ResNet18(num_classes=10, widths=(4, 4, 8, 8)), (9, 9, 1))
