@@ -29,6 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxdd import distributed
 from jaxdd.errors import UserError
 
 # Config keys (dotted paths; an entry also covers every key below it) that do not change the distilled
@@ -43,6 +44,7 @@ IGNORED_CONFIG_KEYS: tuple[str, ...] = (
     "resume_with_changed_config",  # the override itself
     "data_dir",  # where the same named dataset is read from
     "devices",  # results do not depend on the device count (jaxdd.sharding)
+    "distributed",  # how the processes of a multi-host run find each other
     "kd",  # knowledge-distillation evaluation of the finished set
     "compilation_cache_dir",  # where compiled programs are cached
     "teachers.dir",  # where cached teachers are read from
@@ -174,7 +176,19 @@ class Checkpointer:
         )
 
     def _set_aside(self, steps: list[int], log: Callable[[str], None]) -> None:
-        """Renames unreadable step folders to `<step>.unreadable[-n]` so the resumed run can reuse them."""
+        """Renames unreadable step folders to `<step>.unreadable[-n]` so the resumed run can reuse them.
+
+        In a multi-process run process 0 renames (every process found the same steps unreadable) and the
+        others wait for it before reloading the step list.
+        """
+        if not steps:
+            return
+        if distributed.is_main_process():
+            self._rename_unreadable(steps, log)
+        ocp.multihost.sync_global_processes(f"jaxdd_set_aside_{'_'.join(map(str, steps))}")
+        self._manager.reload()
+
+    def _rename_unreadable(self, steps: list[int], log: Callable[[str], None]) -> None:
         for step in steps:
             source = self.directory / str(step)
             target = self.directory / f"{step}{_UNREADABLE_SUFFIX}"
@@ -184,8 +198,6 @@ class Checkpointer:
                 target = self.directory / f"{step}{_UNREADABLE_SUFFIX}-{n}"
             source.rename(target)
             log(f"Moved the unreadable checkpoint of iteration {step} to {target} (safe to delete).")
-        if steps:
-            self._manager.reload()
 
 
 def _quiet_closed_loop_callbacks() -> None:

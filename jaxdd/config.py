@@ -7,7 +7,19 @@ import numbers
 
 import ml_collections
 
-from jaxdd import augment, data, evaluation, kd, metadd, methods, models, pool, teachers
+from jaxdd import (
+    augment,
+    data,
+    distributed,
+    evaluation,
+    kd,
+    metadd,
+    methods,
+    models,
+    pool,
+    sharding,
+    teachers,
+)
 from jaxdd.errors import UserError
 from jaxdd.methods import distribution_matching, gradient_matching, sre2l
 
@@ -23,7 +35,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.init = "real"  # 'real' | 'noise': how the synthetic images start
     config.iterations = 0
     config.seed = 0
-    config.devices = 0  # devices the classes are sharded over; 0 = as many as divide the classes
+    # devices the classes (matching; 0 = as many as divide the classes) and the evaluation networks (0 =
+    # all) are sharded over
+    config.devices = 0
+    # Multi-host start-up (jaxdd.distributed, README "Several devices"): off for one process.
+    config.distributed = distributed.default_config()
     config.checkpoint_every = 100
     config.keep_checkpoints = 3
     config.log_every = 10
@@ -189,9 +205,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         isinstance(config.get("compilation_cache_dir", ""), str),
         f"compilation_cache_dir={config.get('compilation_cache_dir')!r} must be a folder path ('' = off).",
     )
+    if "distributed" in config:
+        distributed.validate(config.distributed)
     models.check_input_shape(config.model, info.image_shape, info.num_classes)
     pool.validate(config, info)
     _validate_eval(config.eval, info)
+    if split_names(config.eval.archs):
+        sharding.resolve_net_devices(config.get("devices", 0))
     if "kd" in config:
         kd.validate(config.kd, info)
     metadd.validate(config, info)

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from jaxdd import augment as dsa
-from jaxdd import training
+from jaxdd import sharding, training
 from jaxdd.data.real import RealData
 from jaxdd.models import get_model
 
@@ -116,22 +116,42 @@ def train_and_test(
     return network_accuracy(model, protocol, state, test_images, test_labels)
 
 
-# Compiled once per (model, protocol, data shapes) for the whole process: the random-real baseline and
-# a second evaluation of the same shapes reuse the programs.
-_train_and_test_one = jax.jit(train_and_test, static_argnums=(0, 1))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _train_and_test_many(model, protocol, keys, images, labels, test_images, test_labels):
-    one = functools.partial(train_and_test, model, protocol)
-    return jax.vmap(one, in_axes=(0, None, None, None, None))(keys, images, labels, test_images, test_labels)
-
-
 def resolve_parallelism(parallel: str, backend: str | None = None) -> str:
     """'loop' or 'vmap': `parallel` itself, or the measured default of the backend for 'auto'."""
     if parallel != "auto":
         return parallel
     return DEFAULT_PARALLELISM.get(backend or jax.default_backend(), "vmap")
+
+
+def network_block(one: Callable, mode: str, devices: int) -> Callable:
+    """(keys [n, 2], *shared) -> [n]: `one(key, *shared)` (a scalar) for every key, the keys split over
+    `devices` devices (`sharding.over_net_shards`). Per device, 'vmap' trains its block as one batched
+    computation; 'loop' takes exactly one key per device and call (`run_networks` calls it in rounds)."""
+    if mode == "vmap":
+        per_device = lambda keys, *shared: jax.vmap(lambda key: one(key, *shared))(keys)
+    else:
+        per_device = lambda keys, *shared: one(keys[0], *shared)[None]
+    return sharding.over_net_shards(per_device, devices)
+
+
+def run_networks(block: Callable, keys: jax.Array, *, mode: str, devices: int) -> np.ndarray:
+    """block(keys [n, 2]) -> [n] (a jitted `network_block`) over all `keys` [N, 2]: the [N] results.
+
+    The keys are padded to a multiple of `devices` (`sharding.pad_rows`; the padding's results are
+    dropped) and passed whole ('vmap') or `devices` at a time ('loop'), so network i is always trained
+    from keys[i] and its result does not depend on the device count.
+    """
+    padded = sharding.pad_rows(keys, devices)
+    size = devices if mode == "loop" else padded.shape[0]
+    blocks = [block(padded[start : start + size]) for start in range(0, padded.shape[0], size)]
+    return np.concatenate([np.asarray(b) for b in blocks])[: keys.shape[0]]
+
+
+# Compiled once per (model, protocol, mode, devices, data shapes) for the whole process: the random-real
+# baseline and a second evaluation of the same shapes reuse the programs.
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _train_and_test_block(model, protocol, mode, devices, keys, *data):
+    return network_block(functools.partial(train_and_test, model, protocol), mode, devices)(keys, *data)
 
 
 def evaluate_model(
@@ -144,16 +164,20 @@ def evaluate_model(
     test_labels: jax.Array,
     *,
     parallel: str = "auto",
+    devices: int = 1,
 ) -> np.ndarray:
-    """Test accuracies [N] of N fresh networks, one per key in `keys` [N, 2], trained together or in turn.
+    """Test accuracies [N] of N fresh networks, one per key in `keys` [N, 2], on `devices` devices (0: all
+    visible; `sharding.resolve_net_devices`).
 
-    Both paths compile one program; 'vmap' trains the N networks as one batched computation, 'loop'
-    calls the single-network program N times. Results agree up to float reassociation.
+    Each mode compiles one program; 'vmap' trains a device's networks as one batched computation, 'loop'
+    trains one network per device at a time. Results agree up to float reassociation and do not depend on
+    the device count.
     """
+    mode = resolve_parallelism(parallel)
+    devices = sharding.resolve_net_devices(devices)
     data = (images, labels, test_images, test_labels)
-    if resolve_parallelism(parallel) == "vmap":
-        return np.asarray(_train_and_test_many(model, protocol, keys, *data))
-    return np.asarray([_train_and_test_one(model, protocol, key, *data) for key in keys])
+    block = lambda block_keys: _train_and_test_block(model, protocol, mode, devices, block_keys, *data)
+    return run_networks(block, keys, mode=mode, devices=devices)
 
 
 def summarize(accs: Sequence[float], **extra) -> dict:
@@ -172,9 +196,11 @@ def evaluate_archs(
     protocol: EvalProtocol,
     num_nets: int,
     parallel: str = "auto",
+    devices: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
-    """The protocol for every architecture in `archs`: {arch: {'mean', 'std', 'accs', 'seconds'}}.
+    """The protocol for every architecture in `archs`: {arch: {'mean', 'std', 'accs', 'seconds'}}, the
+    networks split over `devices` devices (`evaluate_model`).
 
     Each architecture gets its networks' keys from `fold_in(key, index)`, so adding an architecture to
     the list does not change the others' results, and two sets evaluated with the same key see the same
@@ -186,8 +212,9 @@ def evaluate_archs(
         keys = jax.random.split(jax.random.fold_in(key, index), num_nets)
         start = time.perf_counter()
         accs = evaluate_model(
-            model, protocol, keys, images, labels, real.test_images, real.test_labels, parallel=parallel
-        )
+            model, protocol, keys, images, labels, real.test_images, real.test_labels,
+            parallel=parallel, devices=devices,
+        )  # fmt: skip
         results[arch] = summarize(accs, seconds=round(time.perf_counter() - start, 2))
         log(f"  {arch:<14} {format_cell(results[arch])}  ({num_nets} nets, {results[arch]['seconds']:.1f} s)")
     return results

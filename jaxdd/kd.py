@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from flax import struct
 
-from jaxdd import evaluation, training
+from jaxdd import evaluation, sharding, training
 from jaxdd.data.real import RealData, class_indices
 from jaxdd.errors import UserError
 from jaxdd.models import check_input_shape, get_model
@@ -155,13 +155,15 @@ def student_accuracy(
 
 _train_teacher = jax.jit(evaluation.train_network, static_argnums=(0, 1))
 _teacher_accuracy = jax.jit(evaluation.network_accuracy, static_argnums=(0, 1))
-_student_accuracy_one = jax.jit(student_accuracy, static_argnums=(0, 1, 2))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _student_accuracy_many(model, protocol, teacher_model, teacher_state, params, keys, *data):
-    one = functools.partial(student_accuracy, model, protocol, teacher_model, teacher_state, params)
-    return jax.vmap(one, in_axes=(0, None, None, None, None))(keys, *data)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _student_accuracy_block(model, protocol, teacher_model, mode, devices, keys, *shared):
+    """shared: (teacher_state, params, images, labels, test_images, test_labels)."""
+    one = lambda key, teacher_state, params, *data: student_accuracy(
+        model, protocol, teacher_model, teacher_state, params, key, *data
+    )
+    return evaluation.network_block(one, mode, devices)(keys, *shared)
 
 
 def evaluate_students(
@@ -176,20 +178,18 @@ def evaluate_students(
     test_labels: jax.Array,
     *,
     parallel: str = "auto",
+    devices: int = 1,
 ) -> np.ndarray:
-    """Test accuracies [N] of N students, one per key in `keys` [N, 2] (as `evaluation.evaluate_model`)."""
+    """Test accuracies [N] of N students, one per key in `keys` [N, 2], on `devices` devices (as
+    `evaluation.evaluate_model`)."""
     teacher_model, teacher_state = teacher
-    data = (images, labels, test_images, test_labels)
-    if evaluation.resolve_parallelism(parallel) == "vmap":
-        return np.asarray(
-            _student_accuracy_many(model, protocol, teacher_model, teacher_state, params, keys, *data)
-        )
-    return np.asarray(
-        [
-            _student_accuracy_one(model, protocol, teacher_model, teacher_state, params, key, *data)
-            for key in keys
-        ]
+    mode = evaluation.resolve_parallelism(parallel)
+    devices = sharding.resolve_net_devices(devices)
+    shared = (teacher_state, params, images, labels, test_images, test_labels)
+    block = lambda block_keys: _student_accuracy_block(
+        model, protocol, teacher_model, mode, devices, block_keys, *shared
     )
+    return evaluation.run_networks(block, keys, mode=mode, devices=devices)
 
 
 def validation_split(real: RealData, per_class: int, key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -260,15 +260,16 @@ def search_temperature(
     validation: tuple[jax.Array, jax.Array],
     *,
     parallel: str = "auto",
+    devices: int = 1,
 ) -> tuple[float, dict[str, float]]:
     """The τ of `options.temperatures` whose students score best on `validation` (the first on a tie),
-    and the mean validation accuracy of every τ ({str(τ): accuracy})."""
+    and the mean validation accuracy of every τ ({str(τ): accuracy}); students on `devices` devices."""
     keys = jax.random.split(key, options.search_nets)
     scores = {}
     for temperature in options.temperatures:
         accs = evaluate_students(
             model, protocol, teacher, options.params(temperature), keys, images, labels, *validation,
-            parallel=parallel,
+            parallel=parallel, devices=devices,
         )  # fmt: skip
         scores[str(temperature)] = float(np.mean(accs))
     best = max(options.temperatures, key=lambda t: scores[str(t)])
@@ -303,10 +304,11 @@ def evaluate_archs_kd(
     options: KDOptions,
     num_nets: int,
     parallel: str = "auto",
+    devices: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
-    """KD students of every architecture: {arch: {'mean', 'std', 'accs', 'seconds', 'temperature',
-    'alpha', 'teacher', 'teacher_acc'[, 'search']}}.
+    """KD students of every architecture, on `devices` devices: {arch: {'mean', 'std', 'accs', 'seconds',
+    'temperature', 'alpha', 'teacher', 'teacher_acc'[, 'search']}}.
 
     Student keys are those of `evaluation.evaluate_archs` with the same `key` (paired with the plain
     networks); 'search' holds the validation accuracy of each τ when `options.temperatures` is set.
@@ -329,12 +331,12 @@ def evaluate_archs_kd(
         if validation is not None:
             temperature, scores = search_temperature(
                 model, protocol, teacher, options, jax.random.fold_in(arch_key, SEARCH_STREAM), images,
-                labels, validation, parallel=parallel,
+                labels, validation, parallel=parallel, devices=devices,
             )  # fmt: skip
             extra["search"] = scores
         accs = evaluate_students(
             model, protocol, teacher, options.params(temperature), jax.random.split(arch_key, num_nets),
-            images, labels, real.test_images, real.test_labels, parallel=parallel,
+            images, labels, real.test_images, real.test_labels, parallel=parallel, devices=devices,
         )  # fmt: skip
         results[arch] = evaluation.summarize(
             accs,

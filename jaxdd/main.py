@@ -24,6 +24,7 @@ _RUNS = flags.DEFINE_list("runs", [], "--mode=table: run folders whose eval.json
 
 def _dispatch() -> None:
     # Imported here so that --help answers at once.
+    from jaxdd import distributed
     from jaxdd.results import collect_table, evaluate_existing
     from jaxdd.run import run
 
@@ -36,6 +37,8 @@ def _dispatch() -> None:
         raise UserError("--config is required, e.g. --config=configs/default.py.")
     if not _WORKDIR.value:
         raise UserError("--workdir is required: the folder the run writes to, e.g. --workdir=runs/default.")
+    # before anything touches a device: JAX needs the processes joined first (a no-op when disabled)
+    distributed.initialize(_CONFIG.value.get("distributed"))
     enable_compilation_cache(_CONFIG.value.get("compilation_cache_dir", ""))
     if _MODE.value == "evaluate":
         evaluate_existing(_CONFIG.value, _WORKDIR.value, synset_path=_SYNSET.value)

@@ -22,10 +22,9 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from jaxdd import evaluation, training
+from jaxdd import evaluation, sharding, training
 from jaxdd.data.real import RealData
 from jaxdd.models import get_model
 from jaxdd.resized_crop import random_resized_crop_flip
@@ -106,13 +105,12 @@ def student_accuracy(
     return correct / test_labels.shape[0]
 
 
-_student_accuracy_one = jax.jit(student_accuracy, static_argnums=(0, 1, 2))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _student_accuracy_many(model, protocol, teacher_model, teacher_variables, keys, *data):
-    one = functools.partial(student_accuracy, model, protocol, teacher_model, teacher_variables)
-    return jax.vmap(one, in_axes=(0, None, None, None))(keys, *data)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _student_accuracy_block(model, protocol, teacher_model, mode, devices, keys, teacher_variables, *data):
+    one = lambda key, teacher_variables, *data: student_accuracy(
+        model, protocol, teacher_model, teacher_variables, key, *data
+    )
+    return evaluation.network_block(one, mode, devices)(keys, teacher_variables, *data)
 
 
 def evaluate_archs_soft(
@@ -125,26 +123,27 @@ def evaluate_archs_soft(
     teacher: tuple[nn.Module, dict],
     num_nets: int,
     parallel: str = "auto",
+    devices: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
     """Soft-label students of every architecture: {arch: {'mean', 'std', 'accs', 'seconds',
-    'temperature'}}; architecture i's students use `split(fold_in(key, i), num_nets)`."""
+    'temperature'}}; architecture i's students use `split(fold_in(key, i), num_nets)`, split over
+    `devices` devices (as `evaluation.evaluate_model`)."""
     teacher_model, teacher_variables = teacher
-    data = (images, real.test_images, real.test_labels)
+    shared = (teacher_variables, images, real.test_images, real.test_labels)
+    mode = evaluation.resolve_parallelism(parallel)
+    devices = sharding.resolve_net_devices(devices)
     results = {}
     for index, arch in enumerate(archs):
         model = get_model(arch, num_classes=real.num_classes, image_shape=real.image_shape)
         keys = jax.random.split(jax.random.fold_in(key, index), num_nets)
         start = time.perf_counter()
-        if evaluation.resolve_parallelism(parallel) == "vmap":
-            accs = _student_accuracy_many(model, protocol, teacher_model, teacher_variables, keys, *data)
-        else:
-            accs = [
-                _student_accuracy_one(model, protocol, teacher_model, teacher_variables, k, *data)
-                for k in keys
-            ]
+        block = lambda block_keys, model=model: _student_accuracy_block(
+            model, protocol, teacher_model, mode, devices, block_keys, *shared
+        )
+        accs = evaluation.run_networks(block, keys, mode=mode, devices=devices)
         results[arch] = evaluation.summarize(
-            np.asarray(accs), seconds=round(time.perf_counter() - start, 2), temperature=protocol.temperature
+            accs, seconds=round(time.perf_counter() - start, 2), temperature=protocol.temperature
         )
         log(f"  {column(arch):<14} {evaluation.format_cell(results[arch])}  (T {protocol.temperature:g})")
     return results

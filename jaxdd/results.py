@@ -1,7 +1,8 @@
 """A run's evaluation and its files: eval.json, baselines.json and table.md, and one table from many runs.
 
 The protocol itself is `jaxdd.evaluation`; this module decides what is evaluated (the distilled set and
-the configured baselines, with keys from `config.seed`) and writes it beside the run.
+the configured baselines, with keys from `config.seed`) and writes it beside the run (process 0 only in a
+multi-process run, where every process evaluates and holds the same accuracies).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import ml_collections
 
-from jaxdd import data, evaluation, kd, relabel, reporting, synthetic
+from jaxdd import data, distributed, evaluation, kd, relabel, reporting, synthetic
 from jaxdd.config import eval_protocol, split_names, validate
 from jaxdd.errors import UserError
 from jaxdd.methods import sre2l
@@ -53,7 +54,9 @@ def evaluate_synset(
             f"{config.method} (IPC {config.ipc})", synset.images, archs, real, eval_key, config, workdir, log
         )
         results, columns = with_soft_columns(results, soft, archs)
-    reporting.write_json(workdir / "eval.json", results)
+    writer = distributed.is_main_process()
+    if writer:
+        reporting.write_json(workdir / "eval.json", results)
     rows = {f"{config.method}, IPC {config.ipc}": results}
     baselines = {}
     for baseline in split_names(config.eval.baselines):
@@ -65,11 +68,11 @@ def evaluate_synset(
         elif baseline == "whole":
             baselines["whole training set"] = evaluate("whole set", real.train_images, real.train_labels)
     rows.update(baselines)
-    if baselines:
-        reporting.write_json(workdir / "baselines.json", baselines)
-
     table = evaluation.markdown_table(rows, columns) + "\n" + describe_protocol(config)
-    (workdir / "table.md").write_text(table)
+    if writer and baselines:
+        reporting.write_json(workdir / "baselines.json", baselines)
+    if writer:
+        (workdir / "table.md").write_text(table)
     log("\n" + table)
     return results
 
@@ -166,7 +169,7 @@ def _evaluate_soft(name, images, archs, real, key, config, workdir, log) -> dict
     for arch, summary in results.items():
         record = {"event": "eval", "set": name, "arch": relabel.column(arch)}
         record.update({k: summary[k] for k in ("mean", "std", "seconds", "temperature")})
-        reporting.append_metrics(workdir / "metrics.jsonl", record)
+        _record(workdir, record)
     return results
 
 
@@ -181,12 +184,13 @@ def _evaluate_set(name, images, labels, archs, real, key, config, protocol, work
         protocol=protocol,
         num_nets=config.eval.num_nets,
         parallel=config.eval.parallel,
+        devices=config.get("devices", 1),
         log=log,
     )
     for arch, summary in results.items():
         record = {"event": "eval", "set": name, "arch": arch, **({"step": step} if step else {})}
         record.update({k: summary[k] for k in ("mean", "std", "seconds")})
-        reporting.append_metrics(workdir / "metrics.jsonl", record)
+        _record(workdir, record)
     return results
 
 
@@ -202,13 +206,20 @@ def _evaluate_kd(name, images, labels, archs, real, key, config, protocol, workd
         options=kd.options_from_config(config.kd),
         num_nets=config.eval.num_nets,
         parallel=config.eval.parallel,
+        devices=config.get("devices", 1),
         log=log,
     )
     for arch, summary in results.items():
         record = {"event": "eval", "set": name, "arch": kd.column(arch)}
         record.update({k: summary[k] for k in ("mean", "std", "seconds", "temperature")})
-        reporting.append_metrics(workdir / "metrics.jsonl", record)
+        _record(workdir, record)
     return results
+
+
+def _record(workdir: Path, record: dict) -> None:
+    """Appends `record` to workdir/metrics.jsonl on process 0."""
+    if distributed.is_main_process():
+        reporting.append_metrics(workdir / "metrics.jsonl", record)
 
 
 def load_real(config: ml_collections.ConfigDict, log: Callable[[str], None]) -> data.RealData:

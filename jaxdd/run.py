@@ -2,7 +2,9 @@
 
 No math here: the method's jitted step does the work; this loop decides when to fetch metrics, log,
 checkpoint and evaluate. Files (DESIGN §1): config.json, metrics.jsonl, checkpoints/, synset.npz,
-synset.png, loss.png, eval.json, baselines.json, table.md.
+synset.png, loss.png, eval.json, baselines.json, table.md. In a multi-process run every process computes
+and checkpoints (Orbax coordinates them) but only process 0 writes the other files
+(`distributed.is_main_process`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxdd import checkpointing, methods, reporting, results, synthetic
+from jaxdd import checkpointing, distributed, methods, reporting, results, synthetic
 from jaxdd.config import split_ints, validate
 from jaxdd.data.real import RealData
 from jaxdd.errors import UserError
@@ -38,8 +40,9 @@ def run(
     state = method.init(config, real, purpose_key(config.seed, "distill"))
     if method.make_step is not None and config.iterations > 0:
         state = distill(config, method, real, state, workdir, log=log)
-    reporting.write_json(workdir / "config.json", config.to_dict())
-    export(config, real, state.synset, workdir, log=log)
+    if distributed.is_main_process():
+        reporting.write_json(workdir / "config.json", config.to_dict())
+        export(config, real, state.synset, workdir, log=log)
     return results.evaluate_synset(config, real, state.synset, workdir, log=log)
 
 
@@ -63,11 +66,14 @@ def distill(
         restored = checkpointer.restore_latest(
             state, config.to_dict(), allow_config_change=config.resume_with_changed_config, log=log
         )
+        writer = distributed.is_main_process()
         if restored is not None:
             state, step = restored
-            reporting.truncate_metrics(metrics_path, after_step=step)
+            if writer:
+                reporting.truncate_metrics(metrics_path, after_step=step)
             log(f"Resumed from the checkpoint of iteration {step} in {workdir / 'checkpoints'}")
-        reporting.write_json(workdir / "config.json", config.to_dict())
+        if writer:
+            reporting.write_json(workdir / "config.json", config.to_dict())
         step_fn = method.make_step(config, real)
         first = int(state.step)
         eval_at = set(split_ints(config.eval_at))
@@ -78,7 +84,7 @@ def distill(
             pending.append((done, metrics))
             save = done % config.checkpoint_every == 0 or done == config.iterations
             if save or done % config.log_every == 0 or done in eval_at:
-                _flush(pending, metrics_path, progress, log=log)
+                _flush(pending, metrics_path if writer else None, progress, log=log)
                 pending = []
             if save:
                 checkpointer.save(done, state, config.to_dict())
@@ -89,8 +95,9 @@ def distill(
     return state
 
 
-def _flush(pending: list, metrics_path: Path, progress: reporting.Progress, *, log) -> None:
-    """Fetches the pending steps' metrics, stops on the first non-finite one, logs and records them."""
+def _flush(pending: list, metrics_path: Path | None, progress: reporting.Progress, *, log) -> None:
+    """Fetches the pending steps' metrics, stops on the first non-finite one, logs and records them
+    (in `metrics_path`; None: not recorded, on processes other than 0)."""
     fetched = jax.device_get(pending)
     for step, metrics in fetched:
         bad = [name for name, value in metrics.items() if not math.isfinite(float(np.asarray(value)))]
@@ -100,7 +107,9 @@ def _flush(pending: list, metrics_path: Path, progress: reporting.Progress, *, l
                 "last good checkpoint is kept and a rerun resumes from it. Lower the image learning rate "
                 "or check the data normalisation."
             )
-        reporting.append_metrics(metrics_path, {"step": step, **{k: float(v) for k, v in metrics.items()}})
+        if metrics_path is not None:
+            record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+            reporting.append_metrics(metrics_path, record)
     step, metrics = fetched[-1]
     log(progress.line(step, {k: float(v) for k, v in metrics.items()}))
 

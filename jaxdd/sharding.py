@@ -1,4 +1,4 @@
-"""Work over several devices (DESIGN §7): classes, and their synthetic images, sharded over a 1-D mesh.
+"""Work over several devices (DESIGN §7): classes (matching) or networks (evaluation) over a 1-D mesh.
 
 Per-class work in jaxdd is independent across classes and draws its randomness from `fold_in(key, c)`,
 so splitting the classes over devices changes nothing but where each class is computed: a run's result
@@ -7,8 +7,13 @@ Networks, the real data and the PRNG key are replicated. `jax.shard_map` express
 per-class function runs unchanged on each device's block of classes); `pmap` would need the class axis
 reshaped to [devices, classes per device] and a separate program per device count with nothing gained.
 
-Multi-host runs call `jax.distributed.initialize()` first (see README); the mesh then spans every
-process's devices.
+Evaluation splits its N networks the same way: network i is trained from `keys[i]` whatever device
+trains it, so its accuracy does not depend on the device count either. N not divisible by the device
+count is padded with extra keys whose results are dropped (`pad_rows`): the devices train in rounds of one
+network each anyway, so padding costs no wall time, whereas refusing would force N or the device count.
+
+Multi-host runs call `jax.distributed.initialize()` first (`jaxdd.distributed`, README); the mesh then
+spans every process's devices.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from jaxdd.errors import UserError
 
 CLASS_AXIS = "classes"
+NET_AXIS = "nets"
 
 
 def resolve_devices(requested: int, num_classes: int, available: int | None = None) -> int:
@@ -31,15 +38,9 @@ def resolve_devices(requested: int, num_classes: int, available: int | None = No
     devices: 2); otherwise `requested`, which must divide the classes and be available (UserError).
     """
     available = jax.device_count() if available is None else available
+    _check_requested(requested, available, f"as many as divide the {num_classes} classes")
     if requested == 0:
         return max(d for d in range(1, available + 1) if num_classes % d == 0)
-    if not isinstance(requested, int) or requested < 0:
-        raise UserError(f"devices={requested!r} must be an integer ≥ 0 (0: as many as divide the classes).")
-    if requested > available:
-        raise UserError(
-            f"devices={requested} but only {available} device(s) are visible: set --config.devices to at "
-            f"most {available}, or 0 to use as many as divide the {num_classes} classes."
-        )
     if num_classes % requested:
         divisors = [d for d in range(1, available + 1) if num_classes % d == 0]
         raise UserError(
@@ -49,9 +50,42 @@ def resolve_devices(requested: int, num_classes: int, available: int | None = No
     return requested
 
 
+def resolve_net_devices(requested: int, *, available: int | None = None, processes: int | None = None) -> int:
+    """The number of devices evaluation splits its networks over: `requested`, or every visible device
+    (of every process) for 0. Any count works for any number of networks (`pad_rows`).
+
+    A multi-process run needs every process in the mesh (each reads the accuracies from its own devices),
+    so there `requested` must be 0 or all devices (UserError otherwise).
+    """
+    available = jax.device_count() if available is None else available
+    processes = jax.process_count() if processes is None else processes
+    _check_requested(requested, available, "all of them")
+    if processes > 1 and requested not in (0, available):
+        raise UserError(
+            f"devices={requested} in a run of {processes} processes ({available} devices): evaluation "
+            "shards its networks over every process's devices; set --config.devices=0."
+        )
+    return requested or available
+
+
+def _check_requested(requested, available: int, automatic: str) -> None:
+    if not isinstance(requested, int) or isinstance(requested, bool) or requested < 0:
+        raise UserError(f"devices={requested!r} must be an integer ≥ 0 (0: {automatic}).")
+    if requested > available:
+        raise UserError(
+            f"devices={requested} but only {available} device(s) are visible: set --config.devices to at "
+            f"most {available}, or 0 to use {automatic}."
+        )
+
+
+def device_mesh(num_devices: int, axis: str) -> Mesh:
+    """A 1-D mesh with axis name `axis` over the first `num_devices` devices (of all processes)."""
+    return Mesh(np.asarray(jax.devices()[:num_devices]), (axis,))
+
+
 def class_mesh(num_devices: int) -> Mesh:
     """A 1-D mesh named `CLASS_AXIS` over the first `num_devices` devices."""
-    return Mesh(np.asarray(jax.devices()[:num_devices]), (CLASS_AXIS,))
+    return device_mesh(num_devices, CLASS_AXIS)
 
 
 def over_class_shards(fn: Callable, num_devices: int) -> Callable:
@@ -65,3 +99,34 @@ def over_class_shards(fn: Callable, num_devices: int) -> Callable:
     return jax.shard_map(
         fn, mesh=class_mesh(num_devices), in_specs=(spec, spec), out_specs=spec, check_vma=False
     )
+
+
+def pad_rows(rows: jax.Array, num_devices: int) -> jax.Array:
+    """rows [N, ...] followed by copies of rows[0] up to a multiple of `num_devices` rows; the caller drops
+    the results of rows N and after."""
+    missing = -rows.shape[0] % num_devices
+    return jnp.concatenate([rows, jnp.repeat(rows[:1], missing, axis=0)]) if missing else rows
+
+
+def over_net_shards(fn: Callable, num_devices: int) -> Callable:
+    """fn(keys [n, ...], *shared) -> [n, ...], run with the keys (n a multiple of `num_devices`) split
+    over `num_devices` devices and `shared` (any pytrees) replicated; identity for one device.
+
+    The result is gathered onto every device, so every process can read all of it.
+    """
+    if num_devices == 1:
+        return fn
+    mesh = device_mesh(num_devices, NET_AXIS)
+
+    def gathered(keys, *shared):
+        return jax.lax.all_gather(fn(keys, *shared), NET_AXIS, tiled=True)
+
+    def sharded(keys, *shared):
+        in_specs = (PartitionSpec(NET_AXIS),) + (PartitionSpec(),) * len(shared)
+        # check_vma=False as in over_class_shards: DSA's lax.switch mixes varying and constant branches
+        run = jax.shard_map(
+            gathered, mesh=mesh, in_specs=in_specs, out_specs=PartitionSpec(), check_vma=False
+        )
+        return run(keys, *shared)
+
+    return sharded

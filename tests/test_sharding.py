@@ -1,5 +1,6 @@
-"""Classes sharded over devices: the same distillation on 1, 2 and 4 forced host devices ends with the
-same synthetic set, and bad device counts are named before any work."""
+"""Classes (matching) and networks (evaluation) sharded over devices: the same distillation on 1, 2 and 4
+forced host devices ends with the same synthetic set, the same evaluation gives the same accuracies, and
+bad device counts are named before any work."""
 
 import json
 import os
@@ -8,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 from jaxdd import sharding
@@ -45,20 +48,76 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_synthetic_set_does_not_depend_on_the_device_count():
+# Five networks, so that 2 and 4 devices pad the keys; a noisy task, so that networks differ.
+EVAL_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import jax, numpy as np
+    from jaxdd import evaluation
+    from jaxdd.models import ConvNetSpec, get_model
+
+    rng = np.random.default_rng(0)
+    data = (rng.uniform(size=(6, 8, 8, 1)).astype(np.float32), rng.integers(0, 3, 6),
+            rng.uniform(size=(300, 8, 8, 1)).astype(np.float32), rng.integers(0, 3, 300))
+    model = get_model(ConvNetSpec(width=8, depth=1), num_classes=3, image_shape=(8, 8, 1))
+    protocol = evaluation.EvalProtocol(epochs=3)
+    keys = jax.random.split(jax.random.PRNGKey(3), 5)
+    out = {"device_count": jax.device_count()}
+    for parallel, devices in (("loop", 1), ("loop", 2), ("loop", 4), ("vmap", 4)):
+        accs = evaluation.evaluate_model(model, protocol, keys, *data, parallel=parallel, devices=devices)
+        out[f"{parallel} {devices}"] = accs.tolist()
+    print(json.dumps(out))
+    """
+)
+
+
+def _run_on_four_devices(script: str) -> dict:
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["device_count"] == 4
-    import numpy as np
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
+
+def test_synthetic_set_does_not_depend_on_the_device_count():
+    out = _run_on_four_devices(SCRIPT)
+    assert out["device_count"] == 4
     one = np.asarray(out["1"])
     assert np.abs(one).max() > 0
     for devices in ("2", "4"):
         np.testing.assert_allclose(np.asarray(out[devices]), one, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluation_accuracies_do_not_depend_on_the_device_count():
+    out = _run_on_four_devices(EVAL_SCRIPT)
+    assert out["device_count"] == 4
+    one = out["loop 1"]
+    assert len(one) == 5 and len(set(one)) > 1  # distinct networks, padding dropped
+    assert out["loop 2"] == one and out["loop 4"] == one  # network i is trained from keys[i] everywhere
+    np.testing.assert_allclose(out["vmap 4"], one, atol=2 / 300)  # vmap: float reassociation only
+
+
+def test_network_device_counts_are_resolved_or_refused_clearly():
+    assert sharding.resolve_net_devices(0, available=4, processes=1) == 4
+    assert sharding.resolve_net_devices(3, available=4, processes=1) == 3
+    assert sharding.resolve_net_devices(0, available=8, processes=2) == 8
+    assert sharding.resolve_net_devices(8, available=8, processes=2) == 8
+    with pytest.raises(UserError, match="only 4 device"):
+        sharding.resolve_net_devices(5, available=4, processes=1)
+    with pytest.raises(UserError, match=r"devices=2 in a run of 2 processes.*devices=0"):
+        sharding.resolve_net_devices(2, available=8, processes=2)
+    with pytest.raises(UserError, match="devices=-1 must be an integer"):
+        sharding.resolve_net_devices(-1, available=4, processes=1)
+
+
+def test_keys_are_padded_with_copies_of_the_first_to_a_multiple_of_the_devices():
+    keys = jax.random.split(jax.random.PRNGKey(0), 5)
+    padded = np.asarray(sharding.pad_rows(keys, 4))
+    assert padded.shape == (8, 2)
+    np.testing.assert_array_equal(padded[:5], np.asarray(keys))
+    np.testing.assert_array_equal(padded[5:], np.repeat(np.asarray(keys)[:1], 3, axis=0))
+    assert sharding.pad_rows(keys, 5) is keys and sharding.pad_rows(keys, 1) is keys
 
 
 def test_device_counts_are_resolved_or_refused_clearly():

@@ -291,7 +291,7 @@ def evaluate_soft_labels(
     results = relabel.evaluate_archs_soft(
         archs, real, images, key, protocol=relabel_protocol(config),
         teacher=(teacher.model, teacher.variables), num_nets=config.eval.num_nets,
-        parallel=config.eval.parallel, log=log,
+        parallel=config.eval.parallel, devices=config.get("devices", 1), log=log,
     )  # fmt: skip
     name = teachers.arch_folder_name(teachers.as_arch(config.model))
     return {arch: {**s, "teacher": name, "teacher_acc": teacher.test_accuracy} for arch, s in results.items()}
