@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from benchmarks.common import write_results
+from benchmarks.common import add_real_set_arguments, write_results
 from jaxdd.data.real import from_arrays
 from jaxdd.methods import gradient_matching as gm
 
@@ -97,10 +97,7 @@ def main(argv=None) -> None:
     parser.add_argument("--class-loops", default="unroll,map", help="class_loop values for chunk > 0")
     parser.add_argument("--method", default="dc", choices=("dc", "dsa"))
     parser.add_argument("--model", default="ConvNet")
-    parser.add_argument("--shape", default="28,28,1")
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--per-class", type=int, default=300)
-    parser.add_argument("--batch-real", type=int, default=256)
+    add_real_set_arguments(parser)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-over", type=float, default=600.0, help="seconds; slower variants run once")
     parser.add_argument("--name", default="bench_gradient_matching")

@@ -42,13 +42,16 @@ def _config(batch_real: int) -> ml_collections.ConfigDict:
     return config
 
 
-def _auxiliaries(archs, images_per_step: int) -> metadd.Auxiliaries:
-    """Randomly initialised auxiliary networks of `archs` for 28x28x1 images."""
-    models = [get_model(a, num_classes=NUM_CLASSES, image_shape=SHAPE) for a in archs]
-    x = jnp.zeros((1, *SHAPE))
+def _auxiliaries(
+    archs, images_per_step: int, *, image_shape=SHAPE, num_classes: int = NUM_CLASSES
+) -> metadd.Auxiliaries:
+    """Randomly initialised auxiliary networks of `archs` (names or ConvNet spec dicts) for images
+    `image_shape` (H, W, C), 28x28x1 unless told."""
+    models = [get_model(a, num_classes=num_classes, image_shape=image_shape) for a in archs]
+    x = jnp.zeros((1, *image_shape))
     variables = [dict(m.init(jax.random.PRNGKey(i), x, train=False)) for i, m in enumerate(models)]
     options = metadd.Options(images_per_step=images_per_step)
-    return metadd.make_auxiliaries(models, variables, SHAPE, options)
+    return metadd.make_auxiliaries(models, variables, image_shape, options)
 
 
 class Variant:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -13,8 +14,18 @@ import jax
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
+def add_real_set_arguments(parser) -> None:
+    """--shape, --classes, --per-class, --batch-real: the Fashion-MNIST-shaped stand-in real set (random
+    arrays) and the real images per class per matching step, shared by the gradient-matching benchmarks."""
+    parser.add_argument("--shape", default="28,28,1")
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--per-class", type=int, default=300)
+    parser.add_argument("--batch-real", type=int, default=256)
+
+
 def machine() -> dict:
-    """What the figures were measured on: CPU model and count, accelerator, library versions."""
+    """What the figures were measured on: CPU model and count, accelerator, library versions (torch:
+    None when the optional `bench` extra is not installed)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -36,8 +47,17 @@ def machine() -> dict:
         "jax": jax.__version__,
         "flax": flax.__version__,
         "optax": optax.__version__,
+        "torch": _version("torch"),
         "python": platform.python_version(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def machine_line(info: dict) -> str:
@@ -47,11 +67,20 @@ def machine_line(info: dict) -> str:
     )
 
 
-def write_results(name: str, rows: list[dict], *, columns: list[str], notes: str = "", out_dir=None) -> Path:
-    """Writes `<name>.json` (machine, rows) and `<name>.md` (a table of `columns`) under results/."""
+def write_results(
+    name: str,
+    rows: list[dict],
+    *,
+    columns: list[str],
+    notes: str = "",
+    out_dir=None,
+    info: dict | None = None,
+) -> Path:
+    """Writes `<name>.json` (machine, rows) and `<name>.md` (a table of `columns`) under results/;
+    `info`: the machine to record, this process's `machine()` unless given."""
     out_dir = Path(out_dir or RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
-    info = machine()
+    info = info or machine()
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     (out_dir / f"{name}.json").write_text(
         json.dumps({"benchmark": name, "date": stamp, "machine": info, "rows": rows}, indent=2) + "\n"
