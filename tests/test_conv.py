@@ -16,6 +16,12 @@ CASES = [  # (kernel, stride, padding, image size, in channels)
     (3, 2, 1, 8, 2),  # ResNet downsampling
     (1, 2, 0, 8, 2),  # ResNet shortcut
     (3, 1, 0, 5, 2),
+    # maps of at most conv.SMALL_OUTPUT_PIXELS outputs take the slices-and-product path (VGG11's last
+    # stages); their weight gradients' kernels are the small output maps
+    (3, 1, 1, 2, 4),
+    (3, 1, 1, 3, 2),
+    (3, 1, 1, 1, 2),
+    (3, 2, 1, 4, 2),
 ]
 
 
@@ -49,6 +55,16 @@ def test_canonical_matches_lax_to_the_second_order(k, stride, padding, size, cin
             results[impl] = (value, dx, dw, ddx, ddw)
         for got, want in zip(results["canonical"], results["lax"], strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_small_maps_take_the_slices_path(monkeypatch):
+    """The cases above reach the im2col branch: a 2x2 map's forward, and its weight gradient's 2x2 kernel."""
+    kernels = []
+    original = conv._slices_dot_conv
+    monkeypatch.setattr(conv, "_slices_dot_conv", lambda *a: kernels.append(a[1].shape) or original(*a))
+    x, w = _inputs(3, 2, 4)
+    jax.grad(_loss("canonical", 1, 1), argnums=1)(x, w)
+    assert (3, 3, 4, 3) in kernels and any(shape[:2] == (2, 2) for shape in kernels)
 
 
 def test_output_shape_follows_torch():
