@@ -1,5 +1,6 @@
 """Shared fixtures: tiny in-memory datasets built from arrays (no files, no downloads)."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -38,3 +39,13 @@ def tiny_real():
         std=(0.25,),
         class_names=("a", "b", "c"),
     )
+
+
+@pytest.fixture(scope="module")
+def fast_compilation():
+    """XLA's optimisations off for a whole module (`pytestmark = pytest.mark.usefixtures(...)`): its
+    tests run tiny programs whose compile time, not run time, dominates."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)

@@ -25,12 +25,7 @@ from jaxdd.models import get_model
 TINY = {"width": 8, "depth": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compilation():
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 def _real(blobs, per_class: int, num_classes: int = 3):

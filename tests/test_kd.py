@@ -17,12 +17,7 @@ from jaxdd.models import ConvNetSpec, get_model
 TINY = ConvNetSpec(width=8, depth=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compilation():
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 def _numpy_kd_loss(student, teacher, labels, alpha, temperature):

@@ -28,12 +28,7 @@ TINY_AUX = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compilation():
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 def _aux(specs=TINY_AUX, options=None) -> metadd.Auxiliaries:

@@ -24,12 +24,7 @@ TINY = {"width": 8, "depth": 1}
 CHI2_999 = {1: 10.828, 2: 13.816, 3: 16.266}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compilation():
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 def _pool_config(preset: str, *, model="ConvNet", custom: str = "", **options) -> ml_collections.ConfigDict:

@@ -26,12 +26,7 @@ from jaxdd.resized_crop import interpolation_matrix, random_resized_crop_flip
 TINY_BN = {"width": 4, "depth": 2, "norm": "batchnorm"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compilation():
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 # ---- the BatchNorm-statistics loss ----
