@@ -20,7 +20,7 @@ from jaxdd import (
     sharding,
     teachers,
 )
-from jaxdd.errors import UserError
+from jaxdd.errors import UserError, require
 from jaxdd.methods import distribution_matching, gradient_matching, sre2l
 
 
@@ -160,12 +160,7 @@ def eval_protocol(eval_config: ml_collections.ConfigDict, dataset: str) -> evalu
     )
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise UserError(message)
-
-
-def _is_int(value) -> bool:
+def _is_integral(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -173,35 +168,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Raises `UserError` naming the first bad value and its fix; cheap (no data, no compilation)."""
     info = data.dataset_info(config.dataset)
     method = methods.get_method(config.method)
-    _require(
-        _is_int(config.ipc) and config.ipc >= 1,
+    require(
+        _is_integral(config.ipc) and config.ipc >= 1,
         f"ipc={config.ipc!r} must be an integer ≥ 1 (images per class), e.g. --config.ipc=10.",
     )
-    _require(
+    require(
         config.ipc <= info.min_class_count,
         f"ipc={config.ipc} is larger than the smallest class of {config.dataset!r} "
         f"({info.min_class_count} training images): choose --config.ipc ≤ {info.min_class_count}.",
     )
-    _require(
-        _is_int(config.seed) and config.seed >= 0, f"seed={config.seed!r} must be a non-negative integer."
+    require(
+        _is_integral(config.seed) and config.seed >= 0,
+        f"seed={config.seed!r} must be a non-negative integer.",
     )
-    _require(
-        _is_int(config.iterations) and config.iterations >= 0,
+    require(
+        _is_integral(config.iterations) and config.iterations >= 0,
         f"iterations={config.iterations!r} must be an integer ≥ 0.",
     )
     for name in ("checkpoint_every", "keep_checkpoints", "log_every"):
         value = config[name]
-        _require(_is_int(value) and value >= 1, f"{name}={value!r} must be an integer ≥ 1.")
-    _require(
+        require(_is_integral(value) and value >= 1, f"{name}={value!r} must be an integer ≥ 1.")
+    require(
         config.init in ("real", "noise"),
         f"init={config.init!r} must be 'real' or 'noise' (--config.init=real).",
     )
     for step in split_ints(config.eval_at):
-        _require(
+        require(
             1 <= step <= config.iterations,
             f"eval_at has {step}, outside 1..iterations={config.iterations}: list iterations within the run.",
         )
-    _require(
+    require(
         isinstance(config.get("compilation_cache_dir", ""), str),
         f"compilation_cache_dir={config.get('compilation_cache_dir')!r} must be a folder path ('' = off).",
     )
@@ -229,24 +225,24 @@ def _validate_eval(eval_config: ml_collections.ConfigDict, info) -> None:
         models.check_input_shape(arch, info.image_shape, info.num_classes)
     for name in ("num_nets", "epochs", "batch_size", "test_batch_size"):
         value = eval_config[name]
-        _require(_is_int(value) and value >= 1, f"eval.{name}={value!r} must be an integer ≥ 1.")
-    _require(eval_config.lr > 0, f"eval.lr={eval_config.lr!r} must be > 0 (the reference uses 0.01).")
-    _require(
+        require(_is_integral(value) and value >= 1, f"eval.{name}={value!r} must be an integer ≥ 1.")
+    require(eval_config.lr > 0, f"eval.lr={eval_config.lr!r} must be > 0 (the reference uses 0.01).")
+    require(
         0 <= eval_config.momentum < 1,
         f"eval.momentum={eval_config.momentum!r} must lie in [0, 1) (the reference uses 0.9).",
     )
-    _require(
+    require(
         eval_config.weight_decay >= 0,
         f"eval.weight_decay={eval_config.weight_decay!r} must be ≥ 0 (the reference uses 5e-4).",
     )
-    _require(
+    require(
         eval_config.parallel in evaluation.PARALLELISM_CHOICES,
         f"eval.parallel={eval_config.parallel!r} is not one of {evaluation.PARALLELISM_CHOICES}.",
     )
     if eval_config.augment != "none":
         augment.parse_strategy(resolve_augment(eval_config.augment, info.name))
     for baseline in split_names(eval_config.baselines):
-        _require(
+        require(
             baseline in BASELINES,
             f"eval.baselines has {baseline!r}; valid baselines are {', '.join(BASELINES)} (comma-separated).",
         )

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
-from jaxdd.errors import UserError
+from jaxdd.errors import is_int, require
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -33,22 +33,22 @@ def default_config() -> ml_collections.ConfigDict:
 
 def validate(dist: ml_collections.ConfigDict) -> None:
     """Raises UserError naming a bad `config.distributed` value and its fix; touches no device."""
-    _require(isinstance(dist.enabled, bool), f"distributed.enabled={dist.enabled!r} must be True or False.")
+    require(isinstance(dist.enabled, bool), f"distributed.enabled={dist.enabled!r} must be True or False.")
     address, num, index = dist.coordinator_address, dist.num_processes, dist.process_id
-    _require(
+    require(
         isinstance(address, str),
         f"distributed.coordinator_address={address!r} must be 'host:port' or '' (detect).",
     )
-    _require(
-        _is_int(num) and num >= 0, f"distributed.num_processes={num!r} must be an integer ≥ 1, or 0 (detect)."
+    require(
+        is_int(num) and num >= 0, f"distributed.num_processes={num!r} must be an integer ≥ 1, or 0 (detect)."
     )
-    _require(
-        _is_int(index) and index >= -1,
+    require(
+        is_int(index) and index >= -1,
         f"distributed.process_id={index!r} must be an integer ≥ 0, or -1 (detect).",
     )
     if not dist.enabled:
         changed = [k for k, v in default_config().items() if k != "enabled" and dist[k] != v]
-        _require(
+        require(
             not changed,
             f"distributed.{changed[0] if changed else ''} is set but distributed.enabled=False: add "
             "--config.distributed.enabled=True to start a multi-process run, or drop the setting.",
@@ -56,11 +56,11 @@ def validate(dist: ml_collections.ConfigDict) -> None:
         return
     if address:
         host, sep, port = address.rpartition(":")
-        _require(
+        require(
             bool(sep and host and port.isdigit()),
             f"distributed.coordinator_address={address!r} is not 'host:port', e.g. '10.0.0.1:1234'.",
         )
-    _require(
+    require(
         not (num and index >= num),
         f"distributed.process_id={index} is outside 0..{num - 1} (distributed.num_processes={num}): give "
         "each process its own index below the process count.",
@@ -89,12 +89,3 @@ def is_main_process() -> bool:
     """Whether this process writes the run folder's files: process 0 (the only one in a single-process
     run)."""
     return jax.process_index() == 0
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise UserError(message)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -7,3 +7,14 @@ class UserError(ValueError):
     The launcher prints the message and exits non-zero without a traceback. Raise it before any
     expensive work (data loading, compilation) wherever the check is possible.
     """
+
+
+def require(condition: bool, message: str) -> None:
+    """Raises UserError(`message`) unless `condition`: the one-line form of every validation check."""
+    if not condition:
+        raise UserError(message)
+
+
+def is_int(value) -> bool:
+    """Whether `value` is a Python int and not a bool (True would otherwise pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)

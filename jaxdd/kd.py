@@ -30,9 +30,9 @@ import ml_collections
 import numpy as np
 from flax import struct
 
-from jaxdd import evaluation, sharding, training
+from jaxdd import evaluation, training
 from jaxdd.data.real import RealData, class_indices
-from jaxdd.errors import UserError
+from jaxdd.errors import UserError, is_int, require
 from jaxdd.models import check_input_shape, get_model
 
 COLUMN_SUFFIX = "+KD"  # eval.json / table.md column of an architecture's KD students
@@ -183,13 +183,11 @@ def evaluate_students(
     """Test accuracies [N] of N students, one per key in `keys` [N, 2], on `devices` devices (as
     `evaluation.evaluate_model`)."""
     teacher_model, teacher_state = teacher
-    mode = evaluation.resolve_parallelism(parallel)
-    devices = sharding.resolve_net_devices(devices)
     shared = (teacher_state, params, images, labels, test_images, test_labels)
-    block = lambda block_keys: _student_accuracy_block(
+    block = lambda mode, devices, block_keys: _student_accuracy_block(
         model, protocol, teacher_model, mode, devices, block_keys, *shared
     )
-    return evaluation.run_networks(block, keys, mode=mode, devices=devices)
+    return evaluation.run_networks(block, keys, parallel=parallel, devices=devices)
 
 
 def validation_split(real: RealData, per_class: int, key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -351,41 +349,36 @@ def evaluate_archs_kd(
     return results
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise UserError(message)
-
-
 def validate(kd_config: ml_collections.ConfigDict, info) -> None:
     """UserError for a bad `kd.*` value (info: the dataset's `DatasetInfo`); nothing compiles."""
     if not kd_config.enabled:
         return
-    _require(0 <= kd_config.alpha <= 1, f"kd.alpha={kd_config.alpha!r} must lie in [0, 1] (the paper: 0.5).")
-    _require(kd_config.temperature > 0, f"kd.temperature={kd_config.temperature!r} must be > 0 (paper: 1.5).")
-    _require(
+    require(0 <= kd_config.alpha <= 1, f"kd.alpha={kd_config.alpha!r} must lie in [0, 1] (the paper: 0.5).")
+    require(kd_config.temperature > 0, f"kd.temperature={kd_config.temperature!r} must be > 0 (paper: 1.5).")
+    require(
         0 < kd_config.temperature_decay <= 1,
         f"kd.temperature_decay={kd_config.temperature_decay!r} must lie in (0, 1] (1: fixed τ; the paper's "
         "code: 0.9).",
     )
-    _require(
+    require(
         kd_config.min_temperature > 0,
         f"kd.min_temperature={kd_config.min_temperature!r} must be > 0 (the floor of the decayed τ).",
     )
     temperatures = split_floats(kd_config.temperatures)
     for temperature in (kd_config.temperature, *temperatures):
-        _require(
+        require(
             temperature >= kd_config.min_temperature,
             f"kd temperature {temperature!r} is below kd.min_temperature={kd_config.min_temperature!r}: "
             "raise it or lower kd.min_temperature.",
         )
     for name in ("val_per_class", "search_nets"):
         value = kd_config[name]
-        _require(
-            isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+        require(
+            is_int(value) and value >= 1,
             f"kd.{name}={value!r} must be an integer ≥ 1.",
         )
     if temperatures:
-        _require(
+        require(
             kd_config.val_per_class <= info.min_class_count,
             f"kd.val_per_class={kd_config.val_per_class} exceeds the smallest class of {info.name!r} "
             f"({info.min_class_count} training images): choose --config.kd.val_per_class ≤ "

@@ -38,7 +38,7 @@ from flax import struct
 
 from jaxdd import cam, teachers
 from jaxdd.data.real import RealData
-from jaxdd.errors import UserError
+from jaxdd.errors import UserError, is_int, require
 from jaxdd.models import get_model
 from jaxdd.seeding import purpose_key
 
@@ -209,31 +209,26 @@ def load_auxiliaries(
     return make_auxiliaries(models, variables, real.image_shape, options_from_config(config.metadd))
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise UserError(message)
-
-
 def validate(config: ml_collections.ConfigDict, info) -> None:
     """UserError for a bad `metadd.*` value (info: the dataset's `DatasetInfo`); abstract shapes only."""
     if not enabled(config):
         return
     m = config.metadd
-    _require(
+    require(
         config.method in ("dc", "dsa", "dm", "sre2l"),
         f"metadd.enabled with method={config.method!r}: MetaDD regularises dc, dsa, dm or sre2l.",
     )
     for name in ("lambda_var", "lambda_ai"):
-        _require(m[name] >= 0, f"metadd.{name}={m[name]!r} must be ≥ 0 (0 switches the term off; default 1).")
-    _require(m.lambda_var > 0 or m.lambda_ai > 0, "metadd.enabled but both λs are 0: set one > 0.")
-    _require(m.cam_epsilon > 0, f"metadd.cam_epsilon={m.cam_epsilon!r} must be > 0 (default 1e-6).")
+        require(m[name] >= 0, f"metadd.{name}={m[name]!r} must be ≥ 0 (0 switches the term off; default 1).")
+    require(m.lambda_var > 0 or m.lambda_ai > 0, "metadd.enabled but both λs are 0: set one > 0.")
+    require(m.cam_epsilon > 0, f"metadd.cam_epsilon={m.cam_epsilon!r} must be > 0 (default 1e-6).")
     count = m.images_per_step
-    _require(
-        isinstance(count, int) and not isinstance(count, bool) and count >= 0,
+    require(
+        is_int(count) and count >= 0,
         f"metadd.images_per_step={count!r} must be an integer ≥ 0 (0: every synthetic image).",
     )
     archs = arch_list(m)
-    _require(
+    require(
         len(archs) >= 2,
         f"metadd.archs={m.archs!r} names {len(archs)} network(s): MetaDD compares at least 2 architectures.",
     )

@@ -33,7 +33,7 @@ import optax
 
 from jaxdd import augment, metadd, pool, synthetic, training
 from jaxdd.data.real import RealData, sample_class_batch
-from jaxdd.errors import UserError
+from jaxdd.errors import is_int, require
 from jaxdd.methods.base import DistillState, Method
 from jaxdd.models import get_model
 
@@ -237,26 +237,21 @@ def make_step(config: ml_collections.ConfigDict, real: RealData):
     return pool.pooled_step(config, bind)
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise UserError(message)
-
-
 def validate(config: ml_collections.ConfigDict, info) -> None:
     """UserError for a bad `dm.*` value (info: the dataset's `DatasetInfo`); no data, no compilation."""
     dm = config.dm
-    _require(config.init in synthetic.INITS, f"init={config.init!r} must be 'real' or 'noise' (DM: real).")
-    _require(
+    require(config.init in synthetic.INITS, f"init={config.init!r} must be 'real' or 'noise' (DM: real).")
+    require(
         config.iterations >= 1,
         f"method='dm' with iterations={config.iterations} optimises nothing: set --config.iterations "
         "(the reference: 20000), or use --config.method=random for a random real subset.",
     )
-    _require(
-        isinstance(dm.batch_real, int) and not isinstance(dm.batch_real, bool) and dm.batch_real >= 1,
+    require(
+        is_int(dm.batch_real) and dm.batch_real >= 1,
         f"dm.batch_real={dm.batch_real!r} must be an integer ≥ 1 (the reference: 256).",
     )
-    _require(dm.lr_img > 0, f"dm.lr_img={dm.lr_img!r} must be > 0 (reference: 1; CIFAR-10 IPC ≥ 100: 10).")
-    _require(
+    require(dm.lr_img > 0, f"dm.lr_img={dm.lr_img!r} must be > 0 (reference: 1; CIFAR-10 IPC ≥ 100: 10).")
+    require(
         0 <= dm.momentum_img < 1, f"dm.momentum_img={dm.momentum_img!r} must lie in [0, 1) (reference 0.5)."
     )
     if dm.dsa_strategy:

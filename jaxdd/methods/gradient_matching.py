@@ -28,7 +28,7 @@ import optax
 
 from jaxdd import augment, metadd, pool, sharding, synthetic, training
 from jaxdd.data.real import RealData, class_indices
-from jaxdd.errors import UserError
+from jaxdd.errors import UserError, is_int, require
 from jaxdd.methods.base import DistillState, Method
 from jaxdd.methods.matching_distance import METRICS, distance
 from jaxdd.methods.matching_loss import (
@@ -350,44 +350,35 @@ def make_step(config: ml_collections.ConfigDict, real: RealData):
     return pool.pooled_step(config, bind)
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise UserError(message)
-
-
-def _int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def validate(config: ml_collections.ConfigDict, info) -> None:
     """UserError for a bad `gm.*` value (info: the dataset's `DatasetInfo`); no data, no compilation."""
     gm = config.gm
-    _require(config.method in ("dc", "dsa"), f"method={config.method!r}: gradient matching is 'dc' or 'dsa'.")
-    _require(config.init in synthetic.INITS, f"init={config.init!r} must be 'real' or 'noise'.")
+    require(config.method in ("dc", "dsa"), f"method={config.method!r}: gradient matching is 'dc' or 'dsa'.")
+    require(config.init in synthetic.INITS, f"init={config.init!r} must be 'real' or 'noise'.")
     for name in ("outer_loop", "inner_loop"):
-        _require(
-            _int(gm[name]) and gm[name] >= 0,
+        require(
+            is_int(gm[name]) and gm[name] >= 0,
             f"gm.{name}={gm[name]!r} must be an integer ≥ 0 (0: the reference's value for the IPC).",
         )
     loops_for_ipc(config.ipc, gm.outer_loop, gm.inner_loop)
     for name in ("batch_real", "batch_train", "num_nets", "bn_images_per_class"):
-        _require(_int(gm[name]) and gm[name] >= 1, f"gm.{name}={gm[name]!r} must be an integer ≥ 1.")
-    _require(
-        _int(gm.class_chunk) and gm.class_chunk >= -1,
+        require(is_int(gm[name]) and gm[name] >= 1, f"gm.{name}={gm[name]!r} must be an integer ≥ 1.")
+    require(
+        is_int(gm.class_chunk) and gm.class_chunk >= -1,
         f"gm.class_chunk={gm.class_chunk!r} must be an integer ≥ -1 (classes per vmap group; 0: all at "
         "once; -1: the backend's default).",
     )
-    _require(gm.metric in METRICS, f"gm.metric={gm.metric!r} must be one of {', '.join(METRICS)}.")
+    require(gm.metric in METRICS, f"gm.metric={gm.metric!r} must be one of {', '.join(METRICS)}.")
     for name, valid in (("class_loop", ("auto", *CLASS_LOOPS)), ("parallel", ("auto", *NET_LOOPS))):
         value = gm.get(name, "auto")
-        _require(value in valid, f"gm.{name}={value!r} must be one of {', '.join(valid)}.")
-    _require(gm.lr_img > 0, f"gm.lr_img={gm.lr_img!r} must be > 0 (the reference uses 0.1).")
-    _require(gm.lr_net > 0, f"gm.lr_net={gm.lr_net!r} must be > 0 (the reference uses 0.01).")
-    _require(
+        require(value in valid, f"gm.{name}={value!r} must be one of {', '.join(valid)}.")
+    require(gm.lr_img > 0, f"gm.lr_img={gm.lr_img!r} must be > 0 (the reference uses 0.1).")
+    require(gm.lr_net > 0, f"gm.lr_net={gm.lr_net!r} must be > 0 (the reference uses 0.01).")
+    require(
         0 <= gm.momentum_img < 1, f"gm.momentum_img={gm.momentum_img!r} must lie in [0, 1) (reference 0.5)."
     )
     if config.method == "dc":
-        _require(
+        require(
             not gm.dsa_strategy,
             f"gm.dsa_strategy={gm.dsa_strategy!r} is set but method='dc' matches without augmentation: "
             "use --config.method=dsa, or leave gm.dsa_strategy empty.",

@@ -33,7 +33,7 @@ import optax
 
 from jaxdd import metadd, relabel, synthetic, teachers, training
 from jaxdd.data.real import RealData
-from jaxdd.errors import UserError
+from jaxdd.errors import UserError, is_int, require
 from jaxdd.methods.base import DistillState, Method
 from jaxdd.models import MODELS, uses_batch_norm
 from jaxdd.resized_crop import random_resized_crop_flip
@@ -297,21 +297,16 @@ def evaluate_soft_labels(
     return {arch: {**s, "teacher": name, "teacher_acc": teacher.test_accuracy} for arch, s in results.items()}
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise UserError(message)
-
-
 def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_int(value) and value >= 1
 
 
 def validate(config: ml_collections.ConfigDict, info) -> None:
     """UserError for a bad `sre2l.*` / `teachers.*` value, a teacher without BatchNorm or a missing cached
     teacher that may not be trained (info: the dataset's `DatasetInfo`); nothing compiles."""
     s, r = config.sre2l, config.sre2l.relabel
-    _require(config.init in synthetic.INITS, f"init={config.init!r} must be 'noise' (SRe2L) or 'real'.")
-    _require(
+    require(config.init in synthetic.INITS, f"init={config.init!r} must be 'noise' (SRe2L) or 'real'.")
+    require(
         _positive_int(config.iterations),
         f"method='sre2l' needs iterations ≥ 1 (recover steps), got {config.iterations!r}: e.g. "
         "--config.iterations=1000 (the reference for small datasets).",
@@ -322,30 +317,30 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
             f"method='sre2l' matches the teacher's BatchNorm statistics, but model={config.model!r} has no "
             f"BatchNorm: choose a BatchNorm teacher with --config.model, one of {bn_models}."
         )
-    _require(
+    require(
         not config.get("pool") or not config.pool.preset,
         f"pool.preset={config.pool.preset if config.get('pool') else ''!r}: SRe2L recovers from one "
         "teacher, not a model pool; set --config.pool.preset=''.",
     )
-    _require(s.lr_img > 0, f"sre2l.lr_img={s.lr_img!r} must be > 0 (the reference: 0.25).")
+    require(s.lr_img > 0, f"sre2l.lr_img={s.lr_img!r} must be > 0 (the reference: 0.25).")
     for name in ("beta1", "beta2"):
-        _require(0 <= s[name] < 1, f"sre2l.{name}={s[name]!r} must lie in [0, 1) (reference 0.5 / 0.9).")
-    _require(s.r_bn >= 0, f"sre2l.r_bn={s.r_bn!r} must be ≥ 0 (the reference: 0.01).")
-    _require(
+        require(0 <= s[name] < 1, f"sre2l.{name}={s[name]!r} must lie in [0, 1) (reference 0.5 / 0.9).")
+    require(s.r_bn >= 0, f"sre2l.r_bn={s.r_bn!r} must be ≥ 0 (the reference: 0.01).")
+    require(
         0 < s.min_crop_scale <= 1, f"sre2l.min_crop_scale={s.min_crop_scale!r} must lie in (0, 1] (ref 0.08)."
     )
-    _require(
+    require(
         isinstance(s.batch_ipc, int)
         and s.batch_ipc >= 0
         and (s.batch_ipc == 0 or config.ipc % s.batch_ipc == 0),
         f"sre2l.batch_ipc={s.batch_ipc!r} must be 0 (all images in one batch) or an integer ≥ 1 dividing "
         f"ipc={config.ipc}.",
     )
-    _require(r.temperature > 0, f"sre2l.relabel.temperature={r.temperature!r} must be > 0 (SRe2L: 20).")
-    _require(r.lr > 0, f"sre2l.relabel.lr={r.lr!r} must be > 0 (SRe2L: 1e-3).")
-    _require(r.weight_decay >= 0, f"sre2l.relabel.weight_decay={r.weight_decay!r} must be ≥ 0 (SRe2L: 0.01).")
+    require(r.temperature > 0, f"sre2l.relabel.temperature={r.temperature!r} must be > 0 (SRe2L: 20).")
+    require(r.lr > 0, f"sre2l.relabel.lr={r.lr!r} must be > 0 (SRe2L: 1e-3).")
+    require(r.weight_decay >= 0, f"sre2l.relabel.weight_decay={r.weight_decay!r} must be ≥ 0 (SRe2L: 0.01).")
     for name in ("epochs", "batch_size"):
-        _require(_positive_int(r[name]), f"sre2l.relabel.{name}={r[name]!r} must be an integer ≥ 1.")
+        require(_positive_int(r[name]), f"sre2l.relabel.{name}={r[name]!r} must be an integer ≥ 1.")
     teachers.validate(config.teachers)
     teachers.require_cached_or_trainable(
         teacher_options(config), info.name, config.model, flag="--config.teachers.train"
