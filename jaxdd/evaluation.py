@@ -134,16 +134,20 @@ def network_block(one: Callable, mode: str, devices: int) -> Callable:
     return sharding.over_net_shards(per_device, devices)
 
 
-def run_networks(block: Callable, keys: jax.Array, *, mode: str, devices: int) -> np.ndarray:
-    """block(keys [n, 2]) -> [n] (a jitted `network_block`) over all `keys` [N, 2]: the [N] results.
+def run_networks(block: Callable, keys: jax.Array, *, parallel: str, devices: int) -> np.ndarray:
+    """block(mode, devices, keys [n, 2]) -> [n] (a jitted `network_block`) over all `keys` [N, 2]: the [N]
+    results, with `parallel` (`resolve_parallelism`) and `devices` (`sharding.resolve_net_devices`)
+    resolved here for every kind of network the evaluation trains.
 
-    The keys are padded to a multiple of `devices` (`sharding.pad_rows`; the padding's results are
-    dropped) and passed whole ('vmap') or `devices` at a time ('loop'), so network i is always trained
-    from keys[i] and its result does not depend on the device count.
+    The keys are padded to a multiple of the device count (`sharding.pad_rows`; the padding's results are
+    dropped) and passed whole ('vmap') or one per device at a time ('loop'), so network i is always
+    trained from keys[i] and its result does not depend on the device count.
     """
+    mode = resolve_parallelism(parallel)
+    devices = sharding.resolve_net_devices(devices)
     padded = sharding.pad_rows(keys, devices)
     size = devices if mode == "loop" else padded.shape[0]
-    blocks = [block(padded[start : start + size]) for start in range(0, padded.shape[0], size)]
+    blocks = [block(mode, devices, padded[start : start + size]) for start in range(0, padded.shape[0], size)]
     return np.concatenate([np.asarray(b) for b in blocks])[: keys.shape[0]]
 
 
@@ -173,11 +177,11 @@ def evaluate_model(
     trains one network per device at a time. Results agree up to float reassociation and do not depend on
     the device count.
     """
-    mode = resolve_parallelism(parallel)
-    devices = sharding.resolve_net_devices(devices)
     data = (images, labels, test_images, test_labels)
-    block = lambda block_keys: _train_and_test_block(model, protocol, mode, devices, block_keys, *data)
-    return run_networks(block, keys, mode=mode, devices=devices)
+    block = lambda mode, devices, block_keys: _train_and_test_block(
+        model, protocol, mode, devices, block_keys, *data
+    )
+    return run_networks(block, keys, parallel=parallel, devices=devices)
 
 
 def summarize(accs: Sequence[float], **extra) -> dict:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdd import evaluation, sharding, training
+from jaxdd import evaluation, training
 from jaxdd.data.real import RealData
 from jaxdd.models import get_model
 from jaxdd.resized_crop import random_resized_crop_flip
@@ -131,17 +131,15 @@ def evaluate_archs_soft(
     `devices` devices (as `evaluation.evaluate_model`)."""
     teacher_model, teacher_variables = teacher
     shared = (teacher_variables, images, real.test_images, real.test_labels)
-    mode = evaluation.resolve_parallelism(parallel)
-    devices = sharding.resolve_net_devices(devices)
     results = {}
     for index, arch in enumerate(archs):
         model = get_model(arch, num_classes=real.num_classes, image_shape=real.image_shape)
         keys = jax.random.split(jax.random.fold_in(key, index), num_nets)
         start = time.perf_counter()
-        block = lambda block_keys, model=model: _student_accuracy_block(
-            model, protocol, teacher_model, mode, devices, block_keys, *shared
+        block = lambda mode, net_devices, block_keys, model=model: _student_accuracy_block(
+            model, protocol, teacher_model, mode, net_devices, block_keys, *shared
         )
-        accs = evaluation.run_networks(block, keys, mode=mode, devices=devices)
+        accs = evaluation.run_networks(block, keys, parallel=parallel, devices=devices)
         results[arch] = evaluation.summarize(
             accs, seconds=round(time.perf_counter() - start, 2), temperature=protocol.temperature
         )
