@@ -13,16 +13,16 @@ accelerator settings from `gradient_matching.BACKEND_DEFAULTS`).
 Every variant runs in a fresh process with XLA_FLAGS=--xla_force_host_platform_device_count=N (on CPU N
 forced host devices; on accelerators the real ones are used), so its peak memory is its own: the
 process's peak RSS (`resource.getrusage`, compilation included) on CPU, the largest
-`memory_stats()['peak_bytes_in_use']` of the used devices on accelerators. jaxdd shards gradient
-matching's classes over devices (DESIGN §7), so N must divide the classes; DM and SRe2L do not shard, and
-their N > 1 rows are recorded as skipped, as are device counts that do not divide the classes. A variant
-is compiled first (`lower().compile()`, compile_s) and run --repeats times; 'seconds' is the best run of
-one outer iteration. Gradient matching at IPC > 1 times outer 1 and 2 (the reference's inner epochs) and
-extrapolates the reference iteration (O matches + O-1 inner trainings) as O·m + (O-1)·(t2 - 2m), as
-bench_gradient_matching does; `--outers ref` times the whole iteration instead. images/s: the step's
-own count of real and synthetic images processed (its 'images' metric) per second. --quick: 8x8 images,
-4 classes, width-8 depth-1 networks, IPC 1, K 2, devices 1 and 2, one run, -O0 (CI-sized: well-formed
-results, timings that mean nothing). Results: benchmarks/results/bench_matrix[_quick].{json,md}.
+`memory_stats()['peak_bytes_in_use']` of the used devices on accelerators. jaxdd shards every method's
+classes over devices (DESIGN §7: gradient matching and DM per class, SRe2L's recover batch by its
+classes' images), so N must divide the classes; device counts that do not are recorded as skipped. A
+variant is compiled first (`lower().compile()`, compile_s) and run --repeats times; 'seconds' is the
+best run of one outer iteration. Gradient matching at IPC > 1 times outer 1 and 2 (the reference's inner
+epochs) and extrapolates the reference iteration (O matches + O-1 inner trainings) as O·m + (O-1)·(t2 -
+2m), as bench_gradient_matching does; `--outers ref` times the whole iteration instead. images/s: the
+step's own count of real and synthetic images processed (its 'images' metric) per second. --quick: 8x8
+images, 4 classes, width-8 depth-1 networks, IPC 1, K 2, devices 1 and 2, one run, -O0 (CI-sized: well-
+formed results, timings that mean nothing). Results: benchmarks/results/bench_matrix[_quick].{json,md}.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ from jaxdd.models import get_model
 METHODS = ("dc", "dsa", "dm", "sre2l", "dc_metadd")
 GM_METHODS = ("dc", "dsa", "dc_metadd")
 ROW_PREFIX = "ROW "  # the worker's one result line on stdout
-NOT_SHARDED = "skipped: jaxdd does not shard {method} over devices (DESIGN §7 shards gradient matching)"
 
 
 # ---- one variant, in the worker process ----
@@ -120,7 +119,9 @@ def _programs(spec: dict, real) -> dict[int, Program]:
         return programs
     config = _config(spec)
     if spec["method"] == "dm":
-        settings = dm.settings_from_config(config, min_class_count=real.min_class_count)
+        settings = dm.settings_from_config(
+            config, min_class_count=real.min_class_count, num_classes=real.num_classes
+        )
         model = get_model(spec["model"], num_classes=real.num_classes, image_shape=shape)
         state = dm.init(config, real, key)
         return {1: Program(dm.outer_step, (model, settings), (state, real), {})}
@@ -200,8 +201,6 @@ def _variants(args) -> list[dict]:
 
 def _skip_reason(spec: dict) -> str:
     """Why a variant is not run at all ('' when it is)."""
-    if spec["method"] not in GM_METHODS and spec["devices"] > 1:
-        return NOT_SHARDED.format(method=spec["method"])
     try:
         sharding.resolve_devices(spec["devices"], spec["classes"], available=spec["devices"])
     except UserError as error:

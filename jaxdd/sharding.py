@@ -3,6 +3,8 @@
 Per-class work in jaxdd is independent across classes and draws its randomness from `fold_in(key, c)`,
 so splitting the classes over devices changes nothing but where each class is computed: a run's result
 does not depend on the device count (tests/test_sharding.py runs 1, 2 and 4 forced host devices).
+Gradient matching and DM split per-class work (`over_class_shards`); SRe2L's recover splits a batch's
+images by class (`over_batch_shards`) and pools the shares' BatchNorm moments exactly.
 Networks, the real data and the PRNG key are replicated. `jax.shard_map` expresses this directly (the
 per-class function runs unchanged on each device's block of classes); `pmap` would need the class axis
 reshaped to [devices, classes per device] and a separate program per device count with nothing gained.
@@ -99,6 +101,19 @@ def over_class_shards(fn: Callable, num_devices: int) -> Callable:
     return jax.shard_map(
         fn, mesh=class_mesh(num_devices), in_specs=(spec, spec), out_specs=spec, check_vma=False
     )
+
+
+def over_batch_shards(fn: Callable, num_devices: int) -> Callable:
+    """fn(batch [B/num_devices, ...]) -> pytree with a leading per-share axis, run with the batch
+    [B, ...] split into `num_devices` equal contiguous shares (B a multiple of `num_devices`; class-major
+    batches of whole classes give each device whole classes); outputs concatenated along that axis.
+    Whatever `fn` closes over is replicated; identity for one device."""
+    if num_devices == 1:
+        return fn
+    spec = PartitionSpec(CLASS_AXIS)
+    # check_vma=False: the convolutions' custom VJP returns kernel cotangents that vary over devices
+    # although the (closed-over) kernels are replicated, which the varying-axes check rejects
+    return jax.shard_map(fn, mesh=class_mesh(num_devices), in_specs=spec, out_specs=spec, check_vma=False)
 
 
 def pad_rows(rows: jax.Array, num_devices: int) -> jax.Array:

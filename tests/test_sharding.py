@@ -1,6 +1,6 @@
-"""Classes (matching) and networks (evaluation) sharded over devices: the same distillation on 1, 2 and 4
-forced host devices ends with the same synthetic set, the same evaluation gives the same accuracies, and
-bad device counts are named before any work."""
+"""Classes (gradient matching, DM, SRe2L recover) and networks (evaluation) sharded over devices: the same
+distillation on 1, 2 and 4 forced host devices ends with the same synthetic set, the same evaluation
+gives the same accuracies, and bad device counts are named before any work."""
 
 import json
 import os
@@ -18,19 +18,26 @@ from jaxdd.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Runs in a fresh process: the forced device count is read when JAX starts.
-SCRIPT = textwrap.dedent(
+# The scripts run in a fresh process (the forced device count is read when JAX starts), on 4 classes of
+# noisy 8x8 blobs.
+BLOBS = textwrap.dedent(
     """
     import json
     import jax, ml_collections, numpy as np
     from jaxdd.data.real import from_arrays
-    from jaxdd.methods import gradient_matching as gm
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 12)
     images = (rng.normal(size=(48, 8, 8, 1)) + labels[:, None, None, None]).astype(np.float32)
     real = from_arrays(name="blobs", train_images=images, train_labels=labels, test_images=images[:8],
                        test_labels=labels[:8], mean=(0.0,), std=(1.0,), class_names=tuple("abcd"))
+    """
+)
+
+SCRIPT = BLOBS + textwrap.dedent(
+    """
+    from jaxdd.methods import gradient_matching as gm
+
     out = {"device_count": jax.device_count()}
     for devices in (1, 2, 4):
         config = ml_collections.ConfigDict({"method": "dsa", "dataset": "blobs", "ipc": 2, "init": "real",
@@ -43,6 +50,40 @@ SCRIPT = textwrap.dedent(
         for _ in range(2):
             state, metrics = step(state, real)
         out[devices] = np.asarray(state.images).ravel().tolist()
+    print(json.dumps(out))
+    """
+)
+
+
+# DM's per-class path and SRe2L's recover (a batch's BatchNorm moments pooled over devices) on 1, 2, 4.
+DM_SRE2L_SCRIPT = BLOBS + textwrap.dedent(
+    """
+    from jaxdd.methods import distribution_matching as dm, sre2l
+    from jaxdd.models import get_model
+
+    teacher = get_model({"width": 8, "depth": 2, "norm": "batchnorm"}, num_classes=4, image_shape=(8, 8, 1))
+    variables = dict(teacher.init(jax.random.PRNGKey(5), images[:1], train=False))
+    out = {"device_count": jax.device_count()}
+    for devices in (1, 2, 4):
+        config = ml_collections.ConfigDict({"method": "dm", "dataset": "blobs", "ipc": 2, "init": "real",
+                                            "seed": 0, "devices": devices, "pool": {"preset": ""},
+                                            "metadd": {"enabled": False},
+                                            "model": {"width": 8, "depth": 2}})
+        config.dm = dm.default_config()
+        config.dm.update(batch_real=6, dsa_strategy="color_crop")
+        state = dm.init(config, real, jax.random.PRNGKey(0))
+        step = dm.make_step(config, real)
+        for _ in range(2):
+            state, _ = step(state, real)
+        out[f"dm {devices}"] = np.asarray(state.images).ravel().tolist()
+        config.sre2l = sre2l.default_config()
+        config.update(method="sre2l", init="noise", iterations=3)
+        settings = sre2l.settings_from_config(config, real)
+        state = sre2l.init(config, real, jax.random.PRNGKey(1))
+        for _ in range(2):
+            state, metrics = sre2l.recover_step(teacher, settings, variables, state, real)
+        out[f"sre2l {devices}"] = np.asarray(state.images).ravel().tolist()
+        out[f"sre2l bn {devices}"] = float(metrics["bn"])
     print(json.dumps(out))
     """
 )
@@ -87,6 +128,18 @@ def test_synthetic_set_does_not_depend_on_the_device_count():
     assert np.abs(one).max() > 0
     for devices in ("2", "4"):
         np.testing.assert_allclose(np.asarray(out[devices]), one, rtol=1e-5, atol=1e-5)
+
+
+def test_dm_and_sre2l_sets_do_not_depend_on_the_device_count():
+    out = _run_on_four_devices(DM_SRE2L_SCRIPT)
+    assert out["device_count"] == 4
+    assert out["sre2l bn 1"] > 0  # the BatchNorm term is live, so pooling the moments matters
+    for method in ("dm", "sre2l"):
+        one = np.asarray(out[f"{method} 1"])
+        assert np.abs(one).max() > 0
+        for devices in (2, 4):
+            np.testing.assert_allclose(np.asarray(out[f"{method} {devices}"]), one, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose([out["sre2l bn 2"], out["sre2l bn 4"]], out["sre2l bn 1"], rtol=1e-5)
 
 
 def test_evaluation_accuracies_do_not_depend_on_the_device_count():

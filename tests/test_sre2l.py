@@ -57,6 +57,20 @@ def test_bn_distance_is_zero_for_a_batch_with_the_running_statistics_and_positiv
     assert np.isfinite(np.asarray(grad)).all()
 
 
+def test_pooled_moments_of_equal_shares_are_the_whole_batch_moments():
+    rng = np.random.default_rng(0)
+    batch = rng.normal(size=(12, 3)) * [1.0, 2.0, 0.5] + [0.0, 3.0, -1.0]
+    shares = batch.reshape(4, 3, 3)  # 4 devices, 3 rows each
+    per_share = {
+        "conv": {"mean": shares.mean(1), "var": shares.var(1)},
+        "block": {"bn": {"mean": shares.mean(1), "var": shares.var(1)}},
+    }
+    pooled = sre2l.pooled_moments(jax.tree.map(jnp.asarray, per_share))
+    for node in (pooled["conv"], pooled["block"]["bn"]):
+        np.testing.assert_allclose(node["mean"], batch.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(node["var"], batch.var(0), rtol=1e-6)
+
+
 def test_bn_distance_is_the_sum_of_l2_norms_over_layers():
     rng = np.random.default_rng(0)
     tree = lambda: {

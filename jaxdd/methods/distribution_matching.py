@@ -10,9 +10,11 @@ SGD(lr_img, momentum_img) step on
 
 with emb the model's `out['embedding']` (the classifier's input). Networks without BatchNorm embed one
 class at a time under `lax.map` (one copy of the graph; the gradient of S_c is taken class by class, so
-a class's residuals are freed before the next); BatchNorm networks embed all classes' real images in
-one train-mode batch and all synthetic images in another, as the reference does, because their
-batch statistics depend on the whole batch.
+a class's residuals are freed before the next), the classes split over `Settings.devices` devices
+(`sharding.over_class_shards`: class c's work is the same on any device, so the set does not depend on
+the device count); BatchNorm networks embed all classes' real images in one train-mode batch and all
+synthetic images in another, as the reference does, because their batch statistics depend on the whole
+batch (that path runs on one device).
 
 The iteration is ONE jitted program, `outer_step`, compiled once per (architecture, `Settings`).
 Randomness: step t uses `fold_in(state.key, t)`, split into the network's initialisation and the
@@ -31,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxdd import augment, metadd, pool, synthetic, training
+from jaxdd import augment, metadd, pool, sharding, synthetic, training
 from jaxdd.data.real import RealData, sample_class_batch
 from jaxdd.errors import is_int, require
 from jaxdd.methods.base import DistillState, Method
@@ -71,15 +73,19 @@ class Settings:
     lr_img: float = 1.0
     momentum_img: float = 0.5
     strategy: str = ""
+    devices: int = 1  # the per-class path's classes split over this many devices
 
     @property
     def pixel_optimizer(self) -> optax.GradientTransformation:
         return optax.sgd(self.lr_img, momentum=self.momentum_img or None)
 
 
-def settings_from_config(config: ml_collections.ConfigDict, *, min_class_count: int) -> Settings:
+def settings_from_config(
+    config: ml_collections.ConfigDict, *, min_class_count: int, num_classes: int | None = None
+) -> Settings:
     """The run's `Settings`; `batch_real` capped to the smallest class (the reference draws
-    `permutation(class)[:n]`)."""
+    `permutation(class)[:n]`); classes over `config.devices` devices (`sharding.resolve_devices`; one
+    when `num_classes` is not given)."""
     dm = config.dm
     strategy = dm.dsa_strategy or augment.default_strategy(config.dataset)
     return Settings(
@@ -87,6 +93,7 @@ def settings_from_config(config: ml_collections.ConfigDict, *, min_class_count: 
         lr_img=float(dm.lr_img),
         momentum_img=float(dm.momentum_img),
         strategy="_".join(augment.parse_strategy(strategy)),
+        devices=sharding.resolve_devices(config.get("devices", 0), num_classes) if num_classes else 1,
     )
 
 
@@ -117,7 +124,8 @@ def _class_views(real: RealData, syn_c: jax.Array, label, key, settings: Setting
 
 
 def _per_class_loss_and_grad(model, params, images, real, key, settings):
-    """Σ_c D_c and ∂/∂images, one class at a time (`lax.map`); networks without BatchNorm only."""
+    """Σ_c D_c and ∂/∂images, one class at a time (`lax.map`) on each of `settings.devices` devices'
+    blocks of classes; networks without BatchNorm only."""
 
     def one_class(xs):
         label, syn_c = xs
@@ -131,7 +139,8 @@ def _per_class_loss_and_grad(model, params, images, real, key, settings):
 
     syn = images.reshape(real.num_classes, -1, *images.shape[1:])
     labels = jnp.arange(real.num_classes, dtype=jnp.int32)
-    losses, grads = jax.lax.map(one_class, (labels, syn))
+    block = lambda labels, syn: jax.lax.map(one_class, (labels, syn))
+    losses, grads = sharding.over_class_shards(block, settings.devices)(labels, syn)
     return jnp.sum(losses), grads.reshape(images.shape)
 
 
@@ -227,7 +236,9 @@ def make_step(config: ml_collections.ConfigDict, real: RealData):
     """`step(state, real) -> (state, metrics)`: `outer_step` bound to the model and `Settings`; with a
     model pool (DESIGN §4.4) each drawn architecture is bound (and compiled) once; with
     `config.metadd.enabled` all of them get the same MetaDD auxiliary networks."""
-    settings = settings_from_config(config, min_class_count=real.min_class_count)
+    settings = settings_from_config(
+        config, min_class_count=real.min_class_count, num_classes=real.num_classes
+    )
     aux = metadd.load_auxiliaries(config, real)
 
     def bind(arch):
@@ -256,6 +267,7 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
     )
     if dm.dsa_strategy:
         augment.parse_strategy(dm.dsa_strategy)
+    sharding.resolve_devices(config.get("devices", 0), info.num_classes)
 
 
 METHOD = Method(init=init, make_step=make_step, validate=validate)

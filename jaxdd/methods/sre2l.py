@@ -13,6 +13,10 @@ A New Perspective", NeurIPS 2023 (DESIGN §4.3).
   step the pixels are clipped to the valid range [0, 1] (in the normalised space), as the reference.
   Batches: `batch_ipc` images per class form one batch whose statistics are matched (0: the whole set);
   the batches are independent (`lax.map`), as the reference recovers one image per class at a time.
+- Devices: with `Settings.devices` > 1 each batch's views are split over the devices (whole classes per
+  device; the teacher's forward is per image in eval mode), each device records its share's BatchNorm
+  moments, and they are pooled into the batch's exactly (`pooled_moments`), so the loss, the gradient
+  and the recovered set do not depend on the device count (tests/test_sharding.py).
 - Relabel: `jaxdd.relabel`, soft-label students in the evaluation table (`evaluate_soft_labels`).
 
 The state is a `DistillState` (images, Adam state with its schedule count, key, step), so checkpoints
@@ -31,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxdd import metadd, relabel, synthetic, teachers, training
+from jaxdd import metadd, relabel, sharding, synthetic, teachers, training
 from jaxdd.data.real import RealData
 from jaxdd.errors import UserError, is_int, require
 from jaxdd.methods.base import DistillState, Method
@@ -47,6 +51,7 @@ __all__ = [
     "evaluate_soft_labels",
     "init",
     "make_step",
+    "pooled_moments",
     "recover_loss",
     "recover_step",
     "soft_labels_enabled",
@@ -88,6 +93,7 @@ class Settings:
     r_bn: float = 0.01
     min_crop_scale: float = 0.08
     batch_ipc: int = 0
+    devices: int = 1  # each batch's views split over this many devices (`sharding.resolve_devices`)
     low: tuple[float, ...] = (0.0,)
     high: tuple[float, ...] = (1.0,)
 
@@ -98,7 +104,7 @@ class Settings:
 
 
 def settings_from_config(config: ml_collections.ConfigDict, real_or_info) -> Settings:
-    """The run's `Settings` (`real_or_info`: anything with `mean` and `std`)."""
+    """The run's `Settings` (`real_or_info`: anything with `mean`, `std` and `num_classes`)."""
     s = config.sre2l
     mean, std = real_or_info.mean, real_or_info.std
     return Settings(
@@ -109,6 +115,7 @@ def settings_from_config(config: ml_collections.ConfigDict, real_or_info) -> Set
         r_bn=float(s.r_bn),
         min_crop_scale=float(s.min_crop_scale),
         batch_ipc=int(s.batch_ipc),
+        devices=sharding.resolve_devices(config.get("devices", 0), real_or_info.num_classes),
         low=tuple(-m / d for m, d in zip(mean, std, strict=True)),
         high=tuple((1 - m) / d for m, d in zip(mean, std, strict=True)),
     )
@@ -131,10 +138,37 @@ def bn_statistics_distance(recorded: dict, running: dict) -> jax.Array:
     return sum(jax.tree.leaves(norms), jnp.zeros(()))
 
 
-def teacher_outputs(model: nn.Module, variables: dict, images: jax.Array) -> tuple[jax.Array, dict]:
-    """The frozen teacher (eval mode) on images [B,H,W,C]: logits [B,K] and its `bn_stats` collection."""
-    (logits, _), recorded = model.apply(variables, images, train=False, mutable=["bn_stats"])
-    return logits, recorded["bn_stats"]
+def teacher_outputs(
+    model: nn.Module, variables: dict, images: jax.Array, devices: int = 1
+) -> tuple[jax.Array, dict]:
+    """The frozen teacher (eval mode) on images [B,H,W,C]: logits [B,K] and its `bn_stats` collection
+    (the whole batch's moments); the images split over `devices` (dividing B) when more than one."""
+    if devices == 1:
+        (logits, _), recorded = model.apply(variables, images, train=False, mutable=["bn_stats"])
+        return logits, recorded["bn_stats"]
+
+    def share(views):  # [B/devices, ...] -> logits of the share, its moments with a leading axis of 1
+        logits, recorded = teacher_outputs(model, variables, views)
+        return logits, jax.tree.map(lambda x: x[None], recorded)
+
+    logits, per_device = sharding.over_batch_shards(share, devices)(images)
+    return logits, pooled_moments(per_device)
+
+
+def _is_moments(node) -> bool:
+    return isinstance(node, dict) and set(node) == {"mean", "var"}
+
+
+def pooled_moments(per_share: dict) -> dict:
+    """The moments of a batch from those of its D equal shares: every {'mean': [D, C], 'var': [D, C]}
+    node becomes mean = mean_d μ_d, var = mean_d σ²_d + mean_d (μ_d − mean)² (biased, exact)."""
+
+    def pool(node):
+        mean = jnp.mean(node["mean"], 0)
+        spread = jnp.mean(jnp.square(node["mean"] - mean), 0)
+        return {"mean": mean, "var": jnp.mean(node["var"], 0) + spread}
+
+    return jax.tree.map(pool, per_share, is_leaf=_is_moments)
 
 
 def recover_loss(
@@ -147,7 +181,7 @@ def recover_loss(
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """(CE + r_bn · BN distance, (CE, BN distance)) of one batch images [B,H,W,C], labels [B]."""
     views = random_resized_crop_flip(images, key, min_scale=settings.min_crop_scale)
-    logits, recorded = teacher_outputs(model, variables, views)
+    logits, recorded = teacher_outputs(model, variables, views, settings.devices)
     ce = training.cross_entropy(logits, labels)
     bn = bn_statistics_distance(recorded, variables["batch_stats"])
     return ce + settings.r_bn * bn, (ce, bn)
@@ -341,6 +375,7 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
     require(r.weight_decay >= 0, f"sre2l.relabel.weight_decay={r.weight_decay!r} must be ≥ 0 (SRe2L: 0.01).")
     for name in ("epochs", "batch_size"):
         require(_positive_int(r[name]), f"sre2l.relabel.{name}={r[name]!r} must be an integer ≥ 1.")
+    sharding.resolve_devices(config.get("devices", 0), info.num_classes)
     teachers.validate(config.teachers)
     teachers.require_cached_or_trainable(
         teacher_options(config), info.name, config.model, flag="--config.teachers.train"
