@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ("matrix", "eval", "conv", "gradient_matching", "torch_dc")
+BENCHMARKS = ("matrix", "eval", "conv", "gradient_matching", "torch_dc", "profile")
 
 
 def main(argv=None) -> None:

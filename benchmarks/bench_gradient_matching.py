@@ -11,7 +11,9 @@ run. IPC 1 runs the reference iteration (outer 1, inner 1). IPC 10 runs --outers
 inner 50 epochs; with 1 and 2 the reference iteration (10 matches + 9 inner trainings) is extrapolated
 as 10m + 9t from m = t(outer 1) and t = t(outer 2) - 2m. images/s counts real + synthetic images matched:
 K * outer * classes * (batch_real + ipc) per second. A variant whose first run took more than
---skip-over seconds is not repeated. Results: benchmarks/results/bench_gradient_matching[_quick]
+--skip-over seconds is not repeated. --product-rows A,B compiles every variant once per value of
+`conv.PRODUCT_WEIGHT_GRADIENT_ROWS` (weight gradients as matrix products or convolutions), so the two
+alternate in one run. Results: benchmarks/results/bench_gradient_matching[_quick]
 .{json,md}, or --name.
 """
 
@@ -28,6 +30,7 @@ import numpy as np
 from benchmarks.common import add_real_set_arguments, write_results
 from jaxdd.data.real import from_arrays
 from jaxdd.methods import gradient_matching as gm
+from jaxdd.models import conv
 
 
 def _real(num_classes: int, per_class: int, shape):
@@ -98,6 +101,12 @@ def main(argv=None) -> None:
     parser.add_argument("--method", default="dc", choices=("dc", "dsa"))
     parser.add_argument("--model", default="ConvNet")
     add_real_set_arguments(parser)
+    parser.add_argument(
+        "--product-rows",
+        default="",
+        help="comma-separated conv.PRODUCT_WEIGHT_GRADIENT_ROWS values to compare (a huge one: always the "
+        "convolution); '' = the module's",
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-over", type=float, default=600.0, help="seconds; slower variants run once")
     parser.add_argument("--name", default="bench_gradient_matching")
@@ -115,6 +124,7 @@ def main(argv=None) -> None:
     shape = tuple(int(s) for s in args.shape.split(","))
     real = _real(args.classes, args.per_class, shape)
 
+    product_rows = [int(r) for r in args.product_rows.split(",")] if args.product_rows else [None]
     variants = []
     for ipc, outer, inner, k, parallel, chunk, class_loop in _variants(args):
         config = ml_collections.ConfigDict(
@@ -125,9 +135,15 @@ def main(argv=None) -> None:
         config.gm.update(parallel=parallel, class_chunk=chunk, class_loop=class_loop)
         info = dict(ipc=ipc, outer=outer, inner=inner, K=k, parallel=parallel, class_chunk=chunk)
         info["class_loop"] = class_loop if chunk else "-"
-        print("compiling", info, flush=True)
-        variants.append(Variant(config, real, info))
-        print(f"  {variants[-1].compile_s:.1f} s, temp {variants[-1].temp_gb:.2f} GiB", flush=True)
+        for rows in product_rows:
+            if len(product_rows) > 1:
+                # read when the step is traced: a fresh trace per value, each compiled program keeps its own
+                conv.PRODUCT_WEIGHT_GRADIENT_ROWS = rows
+                jax.clear_caches()
+                info = {**info, "product_rows": rows}
+            print("compiling", info, flush=True)
+            variants.append(Variant(config, real, info))
+            print(f"  {variants[-1].compile_s:.1f} s, temp {variants[-1].temp_gb:.2f} GiB", flush=True)
     for repeat in range(args.repeats):
         for v in variants:
             if repeat and (v.error or v.times[0] > args.skip_over):

@@ -16,6 +16,7 @@ NAMES = (
     "bench_conv_quick",
     "bench_gradient_matching_quick",
     "bench_torch_dc_quick",
+    "bench_profile_quick",
 )
 
 
@@ -90,3 +91,13 @@ def test_quick_torch_comparison_pairs_each_jaxdd_step_with_torch_or_says_why_not
         for r in rows
         if r["outer"] == 2 and _positive(r["seconds"])
     )
+
+
+def test_quick_profile_splits_the_step_into_kinds_that_add_up_and_finds_its_convolutions(results):
+    rows = json.loads((results / "bench_profile_quick.json").read_text())["rows"]
+    kinds = {r["what"]: r for r in rows if r["row"] == "kind"}
+    assert sum(r["share"] for r in kinds.values()) == pytest.approx(1.0, abs=0.01)
+    # a DC step has a forward pass and the gradients of the matching's backward passes
+    assert "convolution: forward pass" in {k.replace(" (fused)", "") for k in kinds}
+    assert any("backward pass" in k for k in kinds)
+    assert any(r["row"] == "instruction" for r in rows)

@@ -16,8 +16,9 @@ CASES = [  # (kernel, stride, padding, image size, in channels)
     (3, 2, 1, 8, 2),  # ResNet downsampling
     (1, 2, 0, 8, 2),  # ResNet shortcut
     (3, 1, 0, 5, 2),
+    (3, 1, 1, 6, 16),  # 9·16 window columns > conv.IM2COL_COLUMNS: one weight-gradient product per offset
     # maps of at most conv.SMALL_OUTPUT_PIXELS outputs take the slices-and-product path (VGG11's last
-    # stages); their weight gradients' kernels are the small output maps
+    # stages)
     (3, 1, 1, 2, 4),
     (3, 1, 1, 3, 2),
     (3, 1, 1, 1, 2),
@@ -58,13 +59,32 @@ def test_canonical_matches_lax_to_the_second_order(k, stride, padding, size, cin
 
 
 def test_small_maps_take_the_slices_path(monkeypatch):
-    """The cases above reach the im2col branch: a 2x2 map's forward, and its weight gradient's 2x2 kernel."""
+    """The cases above reach the im2col branch: a 2x2 map's forward."""
     kernels = []
     original = conv._slices_dot_conv
     monkeypatch.setattr(conv, "_slices_dot_conv", lambda *a: kernels.append(a[1].shape) or original(*a))
     x, w = _inputs(3, 2, 4)
     jax.grad(_loss("canonical", 1, 1), argnums=1)(x, w)
-    assert (3, 3, 4, 3) in kernels and any(shape[:2] == (2, 2) for shape in kernels)
+    assert (3, 3, 4, 3) in kernels
+
+
+@pytest.mark.parametrize("im2col_columns", [0, 128])  # one product per kernel offset / all in one
+def test_weight_gradient_is_the_sum_over_pixels_of_window_times_output_gradient(monkeypatch, im2col_columns):
+    """dw[i, j, c, d] = Σ_{b,h,w} xpad[b, h+i, w+j, c] · g[b, h, w, d], written out with numpy loops."""
+    monkeypatch.setattr(conv, "IM2COL_COLUMNS", im2col_columns)
+    rng = np.random.default_rng(1)
+    x, g = rng.normal(size=(2, 5, 4, 3)), rng.normal(size=(2, 4, 5, 2))
+    pads = ((1, 2), (2, 1))  # asymmetric, so a swapped axis or pad shows
+    kernel = (5 + 3 - 4 + 1, 4 + 3 - 5 + 1)  # (5, 3): the kernel these shapes imply
+    xpad = np.pad(x, ((0, 0), *pads, (0, 0)))
+    want = np.zeros((*kernel, 3, 2))
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            window = xpad[:, i : i + 4, j : j + 5]
+            want[i, j] = np.einsum("bhwc,bhwd->cd", window, g)
+    with jax.enable_x64(True):
+        got = conv.weight_gradient(jnp.asarray(x), jnp.asarray(g), pads, kernel)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=1e-12)
 
 
 def test_output_shape_follows_torch():
