@@ -3,8 +3,8 @@
 Per-class work in jaxdd is independent across classes and draws its randomness from `fold_in(key, c)`,
 so splitting the classes over devices changes nothing but where each class is computed: a run's result
 does not depend on the device count (tests/test_sharding.py runs 1, 2 and 4 forced host devices).
-Gradient matching and DM split per-class work (`over_class_shards`); SRe2L's recover splits a batch's
-images by class (`over_batch_shards`) and pools the shares' BatchNorm moments exactly.
+Gradient matching and DM split per-class work, SRe2L's recover a class-major batch (`over_class_shards`;
+the recover pools the shares' BatchNorm moments exactly).
 Networks, the real data and the PRNG key are replicated. `jax.shard_map` expresses this directly (the
 per-class function runs unchanged on each device's block of classes); `pmap` would need the class axis
 reshaped to [devices, classes per device] and a separate program per device count with nothing gained.
@@ -91,28 +91,16 @@ def class_mesh(num_devices: int) -> Mesh:
 
 
 def over_class_shards(fn: Callable, num_devices: int) -> Callable:
-    """fn(labels [C], syn [C, ...]) -> pytree with a leading class axis, run with the classes split over
-    `num_devices` devices (identity for one). Whatever `fn` closes over is replicated."""
+    """fn(*args) -> pytree, every argument and output with a leading class-major axis (labels [C] and
+    syn [C, ...] for matching; a class-major batch [B, ...] for SRe2L's recover), run with that axis split
+    into `num_devices` equal contiguous blocks (whole classes per device) and the outputs concatenated
+    along it; identity for one device. Whatever `fn` closes over is replicated."""
     if num_devices == 1:
         return fn
-    spec = PartitionSpec(CLASS_AXIS)
-    # check_vma=False: DSA's lax.switch mixes per-class (varying) and constant branch outputs, which the
-    # varying-axes check rejects although every output here is per class
-    return jax.shard_map(
-        fn, mesh=class_mesh(num_devices), in_specs=(spec, spec), out_specs=spec, check_vma=False
-    )
-
-
-def over_batch_shards(fn: Callable, num_devices: int) -> Callable:
-    """fn(batch [B/num_devices, ...]) -> pytree with a leading per-share axis, run with the batch
-    [B, ...] split into `num_devices` equal contiguous shares (B a multiple of `num_devices`; class-major
-    batches of whole classes give each device whole classes); outputs concatenated along that axis.
-    Whatever `fn` closes over is replicated; identity for one device."""
-    if num_devices == 1:
-        return fn
-    spec = PartitionSpec(CLASS_AXIS)
-    # check_vma=False: the convolutions' custom VJP returns kernel cotangents that vary over devices
-    # although the (closed-over) kernels are replicated, which the varying-axes check rejects
+    spec = PartitionSpec(CLASS_AXIS)  # a prefix of the argument tuple: every argument is split
+    # check_vma=False: DSA's lax.switch mixes per-class (varying) and constant branch outputs, and the
+    # convolutions' custom VJP returns kernel cotangents that vary over devices although the closed-over
+    # kernels are replicated; the varying-axes check rejects both although every output here is per class
     return jax.shard_map(fn, mesh=class_mesh(num_devices), in_specs=spec, out_specs=spec, check_vma=False)
 
 

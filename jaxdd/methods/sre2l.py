@@ -151,7 +151,7 @@ def teacher_outputs(
         logits, recorded = teacher_outputs(model, variables, views)
         return logits, jax.tree.map(lambda x: x[None], recorded)
 
-    logits, per_device = sharding.over_batch_shards(share, devices)(images)
+    logits, per_device = sharding.over_class_shards(share, devices)(images)
     return logits, pooled_moments(per_device)
 
 
