@@ -51,12 +51,19 @@ def _lax_conv(x: Array, w: Array, pads: Pads) -> Array:
     return jax.lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=_LABELS)
 
 
-def _slices_dot_conv(x: Array, w: Array, pads: Pads, out_h: int, out_w: int) -> Array:
-    """The same convolution as im2col: the kh·kw shifted [B, out_h, out_w, Ci] windows side by side on the
-    channel axis (kernel row, column, channel order, as w's) times w as a [kh·kw·Ci, Co] matrix."""
-    (kh, kw, ci, co) = w.shape
+def _shifted_windows(x: Array, pads: Pads, kernel: tuple[int, int], out: tuple[int, int]) -> list[Array]:
+    """The kh·kw windows [B, out_h, out_w, Ci] of the zero-padded x read by each kernel offset (i, j), in
+    kernel row, column order (as w's): the columns of im2col."""
+    (kh, kw), (out_h, out_w) = kernel, out
     x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    windows = [x[:, i : i + out_h, j : j + out_w] for i in range(kh) for j in range(kw)]
+    return [x[:, i : i + out_h, j : j + out_w] for i in range(kh) for j in range(kw)]
+
+
+def _slices_dot_conv(x: Array, w: Array, pads: Pads, out_h: int, out_w: int) -> Array:
+    """The same convolution as im2col: the shifted windows side by side on the channel axis times w as a
+    [kh·kw·Ci, Co] matrix."""
+    (kh, kw, ci, co) = w.shape
+    windows = _shifted_windows(x, pads, (kh, kw), (out_h, out_w))
     return jnp.concatenate(windows, axis=-1) @ w.reshape(kh * kw * ci, co)
 
 
@@ -111,10 +118,9 @@ def weight_gradient(x: Array, g: Array, pads: Pads, kernel: tuple[int, int]) -> 
     XLA:CPU runs 2-3x slower than these products (28x28 ConvNet layers, batch 256; benchmarks/
     bench_profile.py found it ~45% of a DC iteration). Its derivatives are slices, pads and products.
     """
-    (kh, kw), (out_h, out_w), ci = kernel, g.shape[1:3], x.shape[-1]
-    x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    (kh, kw), ci = kernel, x.shape[-1]
     rows = g.reshape(-1, g.shape[-1])
-    windows = [x[:, i : i + out_h, j : j + out_w].reshape(-1, ci) for i in range(kh) for j in range(kw)]
+    windows = [window.reshape(-1, ci) for window in _shifted_windows(x, pads, kernel, g.shape[1:3])]
     if kh * kw * ci <= IM2COL_COLUMNS:
         return (jnp.concatenate(windows, axis=1).T @ rows).reshape(kh, kw, ci, g.shape[-1])
     return jnp.stack([window.T @ rows for window in windows]).reshape(kh, kw, ci, g.shape[-1])
