@@ -25,28 +25,16 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 
-from benchmarks.common import add_real_set_arguments, write_results
-from jaxdd.data.real import from_arrays
+from benchmarks.common import (
+    add_output_arguments,
+    add_real_set_arguments,
+    real_set_from_args,
+    use_quick_real_set,
+    write_results,
+)
 from jaxdd.methods import gradient_matching as gm
 from jaxdd.models import conv
-
-
-def _real(num_classes: int, per_class: int, shape):
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(num_classes), per_class)
-    images = rng.uniform(size=(len(labels), *shape)).astype(np.float32)
-    return from_arrays(
-        name="fashion_mnist",
-        train_images=images,
-        train_labels=labels,
-        test_images=images[:10],
-        test_labels=labels[:10],
-        mean=(0.2861,),
-        std=(0.3530,),
-        class_names=tuple(str(c) for c in range(num_classes)),
-    )
 
 
 class Variant:
@@ -109,20 +97,20 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-over", type=float, default=600.0, help="seconds; slower variants run once")
-    parser.add_argument("--name", default="bench_gradient_matching")
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 8x8 images, width-8 net, 3 classes, one run, -O0"
+    add_output_arguments(
+        parser,
+        name="bench_gradient_matching",
+        quick_help="smoke run: 8x8 images, width-8 net, 3 classes, one run, -O0",
     )
-    parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
     if args.quick:
-        args.shape, args.classes, args.per_class, args.batch_real, args.repeats = "8,8,1", 3, 16, 8, 1
+        use_quick_real_set(args)
+        args.repeats = 1
         args.model, args.ipc, args.name = {"width": 8, "depth": 1}, "1", args.name + "_quick"
         args.nets, args.parallel, args.class_loops = "1,2", "loop,vmap", "unroll"
         # a smoke run: compilation dominates and timings at this size mean nothing anyway
         jax.config.update("jax_disable_most_optimizations", True)
-    shape = tuple(int(s) for s in args.shape.split(","))
-    real = _real(args.classes, args.per_class, shape)
+    real = real_set_from_args(args)
 
     product_rows = [int(r) for r in args.product_rows.split(",")] if args.product_rows else [None]
     variants = []
@@ -169,7 +157,7 @@ def main(argv=None) -> None:
             row["ref_iteration_s"] = round(10 * match + 9 * (best - 2 * match), 1)
         rows.append(row)
     notes = (
-        f"{args.method.upper()}, {args.model} on {args.classes} classes of {'x'.join(map(str, shape))} "
+        f"{args.method.upper()}, {args.model} on {args.classes} classes of {args.shape.replace(',', 'x')} "
         f"random images ({args.per_class}/class), batch_real {args.batch_real}. 'seconds': best of up to "
         f"{args.repeats} alternating runs of one outer iteration with the listed loops; vs_fastest: relative "
         "to the fastest variant of the same IPC, outer and K. class_chunk 0: all classes in one vmap; "

@@ -39,9 +39,15 @@ import time
 import jax
 import ml_collections
 
-from benchmarks.bench_gradient_matching import _real
 from benchmarks.bench_metadd import _auxiliaries
-from benchmarks.common import add_real_set_arguments, machine, write_results
+from benchmarks.common import (
+    add_output_arguments,
+    add_real_set_arguments,
+    machine,
+    stand_in_real,
+    use_quick_real_set,
+    write_results,
+)
 from jaxdd import sharding
 from jaxdd.config import base_config
 from jaxdd.errors import UserError
@@ -146,7 +152,7 @@ def measure(spec: dict) -> dict:
     if spec["quick"]:
         jax.config.update("jax_disable_most_optimizations", True)  # compilation dominates a smoke run
     row = {"machine": machine()}
-    real = _real(spec["classes"], spec["per_class"], tuple(spec["shape"]))
+    real = stand_in_real(spec["classes"], spec["per_class"], tuple(spec["shape"]))
     try:
         programs = _programs(spec, real)
     except UserError as error:
@@ -237,9 +243,7 @@ def main(argv=None) -> None:
     parser.add_argument("--metadd-archs", default="ConvNet,AlexNet,VGG11,ResNet18")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds per variant")
-    parser.add_argument("--name", default="bench_matrix")
-    parser.add_argument("--quick", action="store_true", help="CI-sized smoke run (see above)")
-    parser.add_argument("--out-dir", default=None)
+    add_output_arguments(parser, name="bench_matrix", quick_help="CI-sized smoke run (see above)")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)  # a variant's JSON spec
     args = parser.parse_args(argv)
     if args.worker:
@@ -250,7 +254,8 @@ def main(argv=None) -> None:
         parser.error(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)}")
     metadd_archs = args.metadd_archs.split(",")
     if args.quick:
-        args.shape, args.classes, args.per_class, args.batch_real, args.repeats = "8,8,1", 4, 16, 8, 1
+        use_quick_real_set(args, classes=4)
+        args.repeats = 1
         args.ipc, args.nets, args.devices, args.timeout = "1", "2", "1,2", 600.0
         args.name += "_quick"
         tiny = {"width": 8, "depth": 1}

@@ -23,8 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from benchmarks.bench_gradient_matching import _real
-from benchmarks.common import write_results
+from benchmarks.common import stand_in_real, write_results
 from jaxdd import metadd
 from jaxdd.methods import gradient_matching as gm
 from jaxdd.models import get_model
@@ -90,7 +89,7 @@ def main(argv=None) -> None:
             "ConvNet,AlexNet", "0,5", 8, 16, 1,
         )  # fmt: skip
     archs = tuple(a.strip() for a in args.archs.split(",") if a.strip())
-    real = _real(NUM_CLASSES, args.per_class, SHAPE)
+    real = stand_in_real(NUM_CLASSES, args.per_class, SHAPE)
     config = _config(args.batch_real)
     variants = [Variant(config, real, None, "off")]
     for count in (int(c) for c in args.images_per_step.split(",")):

@@ -26,8 +26,13 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from benchmarks.bench_gradient_matching import _real
-from benchmarks.common import add_real_set_arguments, write_results
+from benchmarks.common import (
+    add_output_arguments,
+    add_real_set_arguments,
+    real_set_from_args,
+    use_quick_real_set,
+    write_results,
+)
 from jaxdd.methods import gradient_matching as gm
 
 CONTROL_FLOW = {"while", "conditional", "call"}
@@ -168,15 +173,14 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default="ConvNet")
     add_real_set_arguments(parser)
     parser.add_argument("--top", type=int, default=12, help="slowest single instructions listed")
-    parser.add_argument("--name", default="bench_profile")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 8x8 images, width-8 net, 3 classes")
-    parser.add_argument("--out-dir", default=None)
+    add_output_arguments(
+        parser, name="bench_profile", quick_help="smoke run: 8x8 images, width-8 net, 3 classes"
+    )
     args = parser.parse_args(argv)
     if args.quick:
-        args.shape, args.classes, args.per_class, args.batch_real = "8,8,1", 3, 16, 8
+        use_quick_real_set(args)
         args.model, args.name = {"width": 8, "depth": 1}, args.name + "_quick"
-    shape = tuple(int(s) for s in args.shape.split(","))
-    real = _real(args.classes, args.per_class, shape)
+    real = real_set_from_args(args)
     config = ml_collections.ConfigDict(
         {"method": "dc", "dataset": "fashion_mnist", "model": args.model, "ipc": args.ipc, "init": "noise"}
     )
@@ -195,9 +199,9 @@ def main(argv=None) -> None:
     rows, total = profile_rows(events, instructions, computations, args.top)
     notes = (
         f"One DC outer iteration (outer 1, K 1), IPC {args.ipc}, {args.model} on {args.classes} classes of "
-        f"{'x'.join(map(str, shape))} random images, batch_real {args.batch_real}, traced once after a warm "
-        f"run: {total:.2f} s of XLA ops in a traced call of {traced_s:.2f} s. 'kind' rows sum the ops of "
-        "each kind (a convolution's pass read from its JAX op name, weight or activation gradient from "
+        f"{args.shape.replace(',', 'x')} random images, batch_real {args.batch_real}, traced once after a "
+        f"warm run: {total:.2f} s of XLA ops in a traced call of {traced_s:.2f} s. 'kind' rows sum the ops "
+        "of each kind (a convolution's pass read from its JAX op name, weight or activation gradient from "
         "its window and shapes); 'instruction' rows are the slowest single instructions, summed over "
         "their executions (loops run them many times). Ops running at once on different threads make the "
         "sum exceed the call's wall time."

@@ -34,8 +34,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from benchmarks.bench_gradient_matching import Variant, _real
-from benchmarks.common import add_real_set_arguments, write_results
+from benchmarks.bench_gradient_matching import Variant
+from benchmarks.common import (
+    add_output_arguments,
+    add_real_set_arguments,
+    real_set_from_args,
+    use_quick_real_set,
+    write_results,
+)
 from jaxdd.methods import gradient_matching as gm
 
 try:
@@ -192,18 +198,16 @@ def main(argv=None) -> None:
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--name", default="bench_torch_dc")
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 8x8 images, width-8 depth-1 net, 3 classes, -O0"
+    add_output_arguments(
+        parser, name="bench_torch_dc", quick_help="smoke run: 8x8 images, width-8 depth-1 net, 3 classes, -O0"
     )
-    parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
     if args.quick:
-        args.shape, args.classes, args.per_class, args.batch_real, args.repeats = "8,8,1", 3, 16, 8, 1
+        use_quick_real_set(args)
+        args.repeats = 1
         args.width, args.depth, args.name = 8, 1, args.name + "_quick"
         jax.config.update("jax_disable_most_optimizations", True)  # compilation dominates a smoke run
-    shape = tuple(int(s) for s in args.shape.split(","))
-    real = _real(args.classes, args.per_class, shape)
+    real = real_set_from_args(args)
     threads = _cores()
     if torch is not None:
         torch.set_num_threads(threads)
@@ -239,7 +243,7 @@ def main(argv=None) -> None:
     s = pairs[0][1].settings
     notes = (
         f"DC, ConvNet width {args.width} depth {args.depth} (instance norm, ReLU, avg pool) on "
-        f"{args.classes} classes of {'x'.join(map(str, shape))} random images ({args.per_class}/class), "
+        f"{args.classes} classes of {args.shape.replace(',', 'x')} random images ({args.per_class}/class), "
         f"batch_real {args.batch_real}. jaxdd: compiled `outer_step`, CPU defaults (parallel {s.parallel}, "
         f"class_chunk {s.class_chunk}, class_loop {s.class_loop}), XLA's own thread pool. torch "
         f"{torch.__version__ if torch is not None else '(not installed)'}: eager, {threads} intra-op threads "

@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
+
+from jaxdd.data.real import RealData, from_arrays
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -21,6 +24,42 @@ def add_real_set_arguments(parser) -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--per-class", type=int, default=300)
     parser.add_argument("--batch-real", type=int, default=256)
+
+
+def use_quick_real_set(args, *, classes: int = 3) -> None:
+    """The --quick (CI-sized) values of `add_real_set_arguments`' options: 8x8 images, 16 per class."""
+    args.shape, args.classes, args.per_class, args.batch_real = "8,8,1", classes, 16, 8
+
+
+def add_output_arguments(parser, *, name: str, quick_help: str) -> None:
+    """--name (the results' file name), --quick (a CI-sized run, `quick_help` says what it shrinks) and
+    --out-dir (default benchmarks/results)."""
+    parser.add_argument("--name", default=name)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out-dir", default=None)
+
+
+def stand_in_real(num_classes: int, per_class: int, shape) -> RealData:
+    """A Fashion-MNIST-named real set of uniform random images [num_classes·per_class, *shape] (speed and
+    memory do not depend on the pixels), class-major, its first 10 images as the test set."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(num_classes), per_class)
+    images = rng.uniform(size=(len(labels), *shape)).astype(np.float32)
+    return from_arrays(
+        name="fashion_mnist",
+        train_images=images,
+        train_labels=labels,
+        test_images=images[:10],
+        test_labels=labels[:10],
+        mean=(0.2861,),
+        std=(0.3530,),
+        class_names=tuple(str(c) for c in range(num_classes)),
+    )
+
+
+def real_set_from_args(args) -> RealData:
+    """`stand_in_real` of the `add_real_set_arguments` options (--shape as 'H,W,C')."""
+    return stand_in_real(args.classes, args.per_class, tuple(int(s) for s in args.shape.split(",")))
 
 
 def machine() -> dict:
