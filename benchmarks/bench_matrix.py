@@ -44,6 +44,7 @@ from benchmarks.common import (
     add_output_arguments,
     add_real_set_arguments,
     machine,
+    reference_iteration_s,
     stand_in_real,
     use_quick_real_set,
     write_results,
@@ -167,7 +168,7 @@ def measure(spec: dict) -> dict:
         seconds, images, timing = best[ref_outer], programs[ref_outer].images, "measured"
     else:  # outer 1 and 2: O matches + (O-1) inner trainings
         match, inner = best[1], best[2] - 2 * best[1]
-        seconds = ref_outer * match + (ref_outer - 1) * inner
+        seconds = reference_iteration_s(ref_outer, best[1], best[2])
         images, timing = programs[1].images * ref_outer, "extrapolated from outer 1, 2"
         row.update(match_s=round(match, 3), inner_s=round(inner, 3))
     peak, memory = _peak_memory()

@@ -39,6 +39,7 @@ from benchmarks.common import (
     add_output_arguments,
     add_real_set_arguments,
     real_set_from_args,
+    reference_iteration_s,
     use_quick_real_set,
     write_results,
 )
@@ -291,7 +292,7 @@ def _rows(pairs, args, threads: int) -> list[dict]:
             one = best.get(((info["ipc"], 1), framework))
             if info["outer"] == 2 and one is not None:
                 outer_ref = gm.loops_for_ipc(info["ipc"])[0]
-                row["ref_iteration_s"] = round(outer_ref * one + (outer_ref - 1) * (seconds - 2 * one), 1)
+                row["ref_iteration_s"] = round(reference_iteration_s(outer_ref, one, seconds), 1)
             rows.append(row)
     return rows
 

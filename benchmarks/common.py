@@ -62,6 +62,13 @@ def real_set_from_args(args) -> RealData:
     return stand_in_real(args.classes, args.per_class, tuple(int(s) for s in args.shape.split(",")))
 
 
+def reference_iteration_s(outer: int, one: float, two: float) -> float:
+    """Seconds of gradient matching's reference iteration at an IPC whose outer loop is `outer` (that
+    many matches and outer − 1 inner trainings), from the times of outer 1 (`one`: one match) and outer
+    2 (`two`: two matches and one inner training): outer·one + (outer − 1)·(two − 2·one)."""
+    return outer * one + (outer - 1) * (two - 2 * one)
+
+
 def machine() -> dict:
     """What the figures were measured on: CPU model and count, accelerator, library versions (torch:
     None when the optional `bench` extra is not installed)."""
