@@ -3,8 +3,6 @@ error (unknown name, bad value, impossible shape) before any data is loaded or a
 
 from __future__ import annotations
 
-import numbers
-
 import ml_collections
 
 from jaxdd import (
@@ -20,7 +18,7 @@ from jaxdd import (
     sharding,
     teachers,
 )
-from jaxdd.errors import UserError, require
+from jaxdd.errors import UserError, is_int, require
 from jaxdd.methods import distribution_matching, gradient_matching, sre2l
 
 
@@ -160,16 +158,12 @@ def eval_protocol(eval_config: ml_collections.ConfigDict, dataset: str) -> evalu
     )
 
 
-def _is_integral(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises `UserError` naming the first bad value and its fix; cheap (no data, no compilation)."""
     info = data.dataset_info(config.dataset)
     method = methods.get_method(config.method)
     require(
-        _is_integral(config.ipc) and config.ipc >= 1,
+        is_int(config.ipc) and config.ipc >= 1,
         f"ipc={config.ipc!r} must be an integer ≥ 1 (images per class), e.g. --config.ipc=10.",
     )
     require(
@@ -178,16 +172,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"({info.min_class_count} training images): choose --config.ipc ≤ {info.min_class_count}.",
     )
     require(
-        _is_integral(config.seed) and config.seed >= 0,
+        is_int(config.seed) and config.seed >= 0,
         f"seed={config.seed!r} must be a non-negative integer.",
     )
     require(
-        _is_integral(config.iterations) and config.iterations >= 0,
+        is_int(config.iterations) and config.iterations >= 0,
         f"iterations={config.iterations!r} must be an integer ≥ 0.",
     )
     for name in ("checkpoint_every", "keep_checkpoints", "log_every"):
         value = config[name]
-        require(_is_integral(value) and value >= 1, f"{name}={value!r} must be an integer ≥ 1.")
+        require(is_int(value) and value >= 1, f"{name}={value!r} must be an integer ≥ 1.")
     require(
         config.init in ("real", "noise"),
         f"init={config.init!r} must be 'real' or 'noise' (--config.init=real).",
@@ -225,7 +219,7 @@ def _validate_eval(eval_config: ml_collections.ConfigDict, info) -> None:
         models.check_input_shape(arch, info.image_shape, info.num_classes)
     for name in ("num_nets", "epochs", "batch_size", "test_batch_size"):
         value = eval_config[name]
-        require(_is_integral(value) and value >= 1, f"eval.{name}={value!r} must be an integer ≥ 1.")
+        require(is_int(value) and value >= 1, f"eval.{name}={value!r} must be an integer ≥ 1.")
     require(eval_config.lr > 0, f"eval.lr={eval_config.lr!r} must be > 0 (the reference uses 0.01).")
     require(
         0 <= eval_config.momentum < 1,

@@ -1,5 +1,7 @@
 """User-facing errors: a bad value, missing data or an unknown name, reported without a traceback."""
 
+import numbers
+
 
 class UserError(ValueError):
     """A mistake the user can fix; its message names the bad value and the fix.
@@ -16,5 +18,5 @@ def require(condition: bool, message: str) -> None:
 
 
 def is_int(value) -> bool:
-    """Whether `value` is a Python int and not a bool (True would otherwise pass as 1)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """Whether `value` is an integer (Python or numpy) and not a bool (True would otherwise pass as 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdd.errors import UserError
+from jaxdd.errors import UserError, is_int
 from jaxdd.models import check_input_shape
 from jaxdd.models.convnet import ConvNetSpec
 from jaxdd.models.registry import CONVNETS, MODELS
@@ -277,7 +277,7 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
         return
     for name in ("warmup", "similar_depth"):
         value = pool_config[name]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if not is_int(value) or value < 0:
             raise UserError(f"pool.{name}={value!r} must be an integer ≥ 0.")
     if config.iterations and pool_config.warmup >= config.iterations:
         raise UserError(

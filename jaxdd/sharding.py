@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from jaxdd.errors import UserError
+from jaxdd.errors import UserError, is_int
 
 CLASS_AXIS = "classes"
 NET_AXIS = "nets"
@@ -71,7 +71,7 @@ def resolve_net_devices(requested: int, *, available: int | None = None, process
 
 
 def _check_requested(requested, available: int, automatic: str) -> None:
-    if not isinstance(requested, int) or isinstance(requested, bool) or requested < 0:
+    if not is_int(requested) or requested < 0:
         raise UserError(f"devices={requested!r} must be an integer ≥ 0 (0: {automatic}).")
     if requested > available:
         raise UserError(

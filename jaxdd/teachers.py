@@ -29,7 +29,7 @@ import orbax.checkpoint as ocp
 
 from jaxdd import augment, evaluation
 from jaxdd.data.real import RealData
-from jaxdd.errors import UserError
+from jaxdd.errors import UserError, is_int
 from jaxdd.models import ConvNetSpec, get_model
 
 META_FILE = "teacher.json"
@@ -209,7 +209,7 @@ def validate(teachers: ml_collections.ConfigDict) -> None:
     """UserError for a bad `teachers.*` value; cheap."""
     for name in ("epochs", "batch_size"):
         value = teachers[name]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not is_int(value) or value < 1:
             raise UserError(f"teachers.{name}={value!r} must be an integer ≥ 1.")
     if not teachers.lr > 0:
         raise UserError(f"teachers.lr={teachers.lr!r} must be > 0 (default 0.01).")

@@ -68,3 +68,12 @@ def test_user_errors_exit_with_one_clear_message(tmp_path, override, expected):
     assert expected in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "synset.npz").exists()
+
+
+def test_integer_checks_accept_numpy_integers_and_reject_bools_and_floats():
+    import numpy as np
+
+    from jaxdd.errors import is_int
+
+    assert is_int(3) and is_int(np.int64(3)) and is_int(np.int32(0))
+    assert not any(is_int(value) for value in (True, False, np.bool_(True), 3.0, "3", None))

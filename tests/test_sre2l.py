@@ -177,6 +177,7 @@ def test_validate_names_bad_values_before_any_compile(tmp_path):
         ("sre2l.lr_img", 0.0, "sre2l.lr_img"),
         ("sre2l.beta2", 1.0, "sre2l.beta2"),
         ("sre2l.batch_ipc", 3, "sre2l.batch_ipc"),
+        ("sre2l.batch_ipc", True, "sre2l.batch_ipc"),
         ("sre2l.relabel.lr", -1.0, "sre2l.relabel.lr"),
         ("sre2l.relabel.temperature", 0.0, "temperature"),
         ("iterations", 0, "iterations"),

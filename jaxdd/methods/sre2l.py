@@ -364,9 +364,7 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
         0 < s.min_crop_scale <= 1, f"sre2l.min_crop_scale={s.min_crop_scale!r} must lie in (0, 1] (ref 0.08)."
     )
     require(
-        isinstance(s.batch_ipc, int)
-        and s.batch_ipc >= 0
-        and (s.batch_ipc == 0 or config.ipc % s.batch_ipc == 0),
+        is_int(s.batch_ipc) and s.batch_ipc >= 0 and (s.batch_ipc == 0 or config.ipc % s.batch_ipc == 0),
         f"sre2l.batch_ipc={s.batch_ipc!r} must be 0 (all images in one batch) or an integer ≥ 1 dividing "
         f"ipc={config.ipc}.",
     )

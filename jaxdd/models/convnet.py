@@ -14,7 +14,7 @@ import dataclasses
 import flax.linen as nn
 import jax
 
-from jaxdd.errors import UserError
+from jaxdd.errors import UserError, is_int
 from jaxdd.models import layers
 
 ACTIVATIONS = tuple(layers.ACTIVATIONS)
@@ -45,7 +45,7 @@ class ConvNetSpec:
                     f"ConvNetSpec {field}={value!r} is not supported; choose one of {', '.join(valid)}."
                 )
         for field, value in (("width", self.width), ("depth", self.depth)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_int(value) or value < 1:
                 raise UserError(f"ConvNetSpec {field}={value!r} must be a positive integer.")
         if self.norm == "groupnorm" and self.width % 4:
             raise UserError(

@@ -14,14 +14,13 @@ equivalent check on initialised variables.
 """
 
 import functools
-import numbers
 from collections.abc import Callable, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdd.errors import UserError
+from jaxdd.errors import UserError, is_int
 from jaxdd.models.alexnet import AlexNet
 from jaxdd.models.convnet import ConvNet, ConvNetSpec
 from jaxdd.models.lenet import LeNet
@@ -93,7 +92,7 @@ def _build(spec: Spec, num_classes: int) -> tuple[str, nn.Module]:
 
 
 def _is_positive_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+    return is_int(v) and v > 0
 
 
 def _check_args(image_shape, num_classes) -> None:
