@@ -74,12 +74,10 @@ def train_network(
 ) -> training.TrainState:
     """One fresh network trained on (images [N,H,W,C], labels [N]) with the protocol; `loss` replaces the
     cross-entropy (`training.train_epochs`; knowledge distillation)."""
-    init_key, train_key = jax.random.split(key)
-    tx = protocol_optimizer(protocol, images.shape[0])
-    state = training.init_train_state(model, init_key, images.shape[1:], tx)
+    state, train_key = init_network(model, protocol, key, images)
     state, _ = training.train_epochs(
         model,
-        tx,
+        protocol_optimizer(protocol, images.shape[0]),
         state,
         images,
         labels,
@@ -90,6 +88,40 @@ def train_network(
         loss=loss,
     )
     return state
+
+
+def init_network(
+    model: nn.Module, protocol: EvalProtocol, key: jax.Array, images: jax.Array
+) -> tuple[training.TrainState, jax.Array]:
+    """(fresh state, training key) of `train_network(key)`: its first step, for callers that run the
+    epochs one by one (`train_network_epoch`)."""
+    init_key, train_key = jax.random.split(key)
+    tx = protocol_optimizer(protocol, images.shape[0])
+    return training.init_train_state(model, init_key, images.shape[1:], tx), train_key
+
+
+def train_network_epoch(
+    model: nn.Module,
+    protocol: EvalProtocol,
+    state: training.TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    epoch_key: jax.Array,
+    epoch_index: jax.Array | int,
+) -> tuple[training.TrainState, jax.Array]:
+    """(state, mean loss) after epoch `epoch_index` of `train_network`; looping it over
+    `training.epoch_keys(train_key, protocol.epochs)` trains the same network, one program per epoch."""
+    return training.train_one_epoch(
+        model,
+        protocol_optimizer(protocol, images.shape[0]),
+        state,
+        images,
+        labels,
+        epoch_key,
+        epoch_index,
+        batch_size=protocol.batch_size,
+        augment=_augment_fn(protocol),
+    )
 
 
 def network_accuracy(

@@ -83,14 +83,15 @@ class Progress:
     metric named 'images' (images pushed through networks per step) gives images/s.
     """
 
-    def __init__(self, *, total: int):
+    def __init__(self, *, total: int, unit: str = "iter"):
         self.total = total
+        self.unit = unit
         self._origin: tuple[float, int] | None = None
 
     def line(self, step: int, metrics: dict) -> str:
         now = time.perf_counter()
         shown = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "images")
-        text = f"iter {step}/{self.total} | {shown}"
+        text = f"{self.unit} {step}/{self.total} | {shown}"
         if self._origin is None:
             self._origin = (now, step)
             return text + " | (first steps include compilation)"

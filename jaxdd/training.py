@@ -98,6 +98,51 @@ def sgd_step(
     return TrainState(params=params, batch_stats=batch_stats, opt_state=opt_state), loss
 
 
+def train_one_epoch(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    epoch_key: jax.Array,
+    epoch_index: jax.Array | int,
+    *,
+    batch_size: int,
+    augment: AugmentFn = None,
+    loss: EpochLoss = None,
+) -> tuple[TrainState, jax.Array]:
+    """One shuffled pass over (images [N,H,W,C], labels [N]); returns (state, mean batch loss).
+
+    Like a PyTorch DataLoader with shuffle=True, drop_last=False: a fresh permutation in `N // batch_size`
+    full batches (a `scan`) plus one smaller batch for the remainder. `loss(logits, labels, images,
+    epoch_index)` replaces the cross-entropy (see `sgd_step`).
+    """
+    num_images = images.shape[0]
+    num_full, remainder = divmod(num_images, batch_size)
+    keys = jax.random.split(epoch_key, num_full + 2)
+    order = jax.random.permutation(keys[0], num_images)
+    full_batches = order[: num_full * batch_size].reshape(num_full, batch_size)
+    batch_loss = None if loss is None else lambda *args: loss(*args, epoch_index)
+    step = functools.partial(sgd_step, model, tx, augment=augment, loss=batch_loss)
+
+    def batch_step(state, xs):
+        idx, step_key = xs
+        return step(state, images[idx], labels[idx], step_key)
+
+    state, losses = jax.lax.scan(batch_step, state, (full_batches, keys[1:-1]))
+    if remainder:
+        idx = order[num_full * batch_size :]
+        state, last_loss = step(state, images[idx], labels[idx], keys[-1])
+        losses = jnp.concatenate([losses, last_loss[None]])
+    return state, losses.mean()
+
+
+def epoch_keys(key: jax.Array, epochs: int) -> jax.Array:
+    """The per-epoch keys [epochs] that `train_epochs(key=key)` uses: a loop of `train_one_epoch` over
+    them trains the same network."""
+    return jax.random.split(key, epochs)
+
+
 def train_epochs(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -111,38 +156,25 @@ def train_epochs(
     augment: AugmentFn = None,
     loss: EpochLoss = None,
 ) -> tuple[TrainState, jax.Array]:
-    """Trains on (images [N,H,W,C], labels [N]) for `epochs` shuffled passes.
-
-    Returns (state, mean loss per epoch [epochs]). `loss(logits, labels, images, epoch)` replaces the
-    cross-entropy (see `sgd_step`).
-
-    Like a PyTorch DataLoader with shuffle=True, drop_last=False: each epoch visits a fresh permutation
-    in `N // batch_size` full batches plus one smaller batch for the remainder. Both loops are `scan`s,
-    so the whole training is one compiled program.
-    """
-    num_images = images.shape[0]
-    num_full, remainder = divmod(num_images, batch_size)
+    """Trains on (images [N,H,W,C], labels [N]) for `epochs` passes of `train_one_epoch`, one `scan`, so
+    the whole training is one compiled program. Returns (state, mean loss per epoch [epochs])."""
 
     def epoch(state, xs):
         index, epoch_key = xs
-        keys = jax.random.split(epoch_key, num_full + 2)
-        order = jax.random.permutation(keys[0], num_images)
-        full_batches = order[: num_full * batch_size].reshape(num_full, batch_size)
-        batch_loss = None if loss is None else lambda *args: loss(*args, index)
-        step = functools.partial(sgd_step, model, tx, augment=augment, loss=batch_loss)
+        return train_one_epoch(
+            model,
+            tx,
+            state,
+            images,
+            labels,
+            epoch_key,
+            index,
+            batch_size=batch_size,
+            augment=augment,
+            loss=loss,
+        )
 
-        def batch_step(state, xs):
-            idx, step_key = xs
-            return step(state, images[idx], labels[idx], step_key)
-
-        state, losses = jax.lax.scan(batch_step, state, (full_batches, keys[1:-1]))
-        if remainder:
-            idx = order[num_full * batch_size :]
-            state, last_loss = step(state, images[idx], labels[idx], keys[-1])
-            losses = jnp.concatenate([losses, last_loss[None]])
-        return state, losses.mean()
-
-    return jax.lax.scan(epoch, state, (jnp.arange(epochs), jax.random.split(key, epochs)))
+    return jax.lax.scan(epoch, state, (jnp.arange(epochs), epoch_keys(key, epochs)))
 
 
 def steps_per_epoch(num_images: int, batch_size: int) -> int:

@@ -149,6 +149,26 @@ def test_a_cached_teacher_is_loaded_instead_of_trained(tiny_real, tmp_path, monk
         teachers.load_or_train_teacher(TINY_BN, tiny_real, key, disabled)
 
 
+def test_teacher_training_logs_each_epoch_and_trains_the_evaluation_protocols_network(tiny_real):
+    protocol = teachers.evaluation.EvalProtocol(epochs=2, batch_size=16)
+    model = get_model(TINY_BN, num_classes=3, image_shape=(8, 8, 1))
+    key = jax.random.key(3)
+    lines = []
+    variables, accuracy = teachers.train_teacher(model, protocol, tiny_real, key, log=lines.append, name="T")
+    assert [line.split(" | ")[0] for line in lines] == ["Teacher T: epoch 1/2", "Teacher T: epoch 2/2"]
+    assert "loss" in lines[0] and "img/s" in lines[1]
+    state = teachers.evaluation.train_network(
+        model, protocol, key, tiny_real.train_images, tiny_real.train_labels
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), variables["params"], state.params
+    )
+    expected = teachers.evaluation.network_accuracy(
+        model, protocol, state, tiny_real.test_images, tiny_real.test_labels
+    )
+    assert accuracy == pytest.approx(float(expected), abs=1e-6)
+
+
 # ---- the method through the config and the driver ----
 
 

@@ -62,6 +62,26 @@ def test_training_lowers_the_loss():
     assert losses[-1] < 0.1 * losses[0]
 
 
+def test_a_loop_of_single_epochs_over_epoch_keys_trains_the_same_network_as_train_epochs():
+    model, tx = _Linear(), optax.sgd(0.1, momentum=0.9)
+    state = training.init_train_state(model, jax.random.PRNGKey(0), (2, 2, 1), tx)
+    images = jax.random.normal(jax.random.PRNGKey(2), (7, 2, 2, 1))
+    labels = jnp.array([0, 1, 0, 1, 1, 0, 1])
+    key = jax.random.PRNGKey(1)
+    whole, losses = training.train_epochs(model, tx, state, images, labels, key, epochs=3, batch_size=3)
+    looped, looped_losses = state, []
+    for index, epoch_key in enumerate(training.epoch_keys(key, 3)):
+        looped, loss = training.train_one_epoch(
+            model, tx, looped, images, labels, epoch_key, index, batch_size=3
+        )
+        looped_losses.append(loss)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), whole.params, looped.params
+    )
+    np.testing.assert_allclose(losses, looped_losses, rtol=1e-5)
+    assert not np.allclose(whole.params["Dense_0"]["kernel"], state.params["Dense_0"]["kernel"])
+
+
 def test_predict_correct_counts_only_real_images_when_padding():
     model = _Linear()
     params = {"Dense_0": {"kernel": jnp.zeros((4, 2)), "bias": jnp.array([1.0, 0.0])}}  # always predicts 0
