@@ -242,17 +242,45 @@ def evaluate_archs(
     the list does not change the others' results, and two sets evaluated with the same key see the same
     network initialisations (paired comparison).
     """
+
+    def accuracies(model, arch_key):
+        accs = evaluate_model(
+            model, protocol, jax.random.split(arch_key, num_nets), images, labels, real.test_images,
+            real.test_labels, parallel=parallel, devices=devices,
+        )  # fmt: skip
+        return accs, {}
+
+    return for_each_arch(
+        archs,
+        real,
+        key,
+        accuracies,
+        note=lambda summary: f"{num_nets} nets, {summary['seconds']:.1f} s",
+        log=log,
+    )
+
+
+def for_each_arch(
+    archs: Sequence[str],
+    real: RealData,
+    key: jax.Array,
+    accuracies: Callable[[nn.Module, jax.Array], tuple[np.ndarray, dict]],
+    *,
+    note: Callable[[dict], str],
+    label: Callable[[str], str] = str,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """{arch: `summarize(accs, seconds, **extra)`} where `accuracies(model, fold_in(key, index))` returns
+    (accs [num_nets], extra) for architecture `archs[index]`; logs one line per architecture, its
+    `label(arch)`, the cell and `note(summary)`. The one loop behind plain, KD and soft-label students, so
+    all three draw their networks from the same per-architecture keys."""
     results = {}
     for index, arch in enumerate(archs):
         model = get_model(arch, num_classes=real.num_classes, image_shape=real.image_shape)
-        keys = jax.random.split(jax.random.fold_in(key, index), num_nets)
         start = time.perf_counter()
-        accs = evaluate_model(
-            model, protocol, keys, images, labels, real.test_images, real.test_labels,
-            parallel=parallel, devices=devices,
-        )  # fmt: skip
-        results[arch] = summarize(accs, seconds=round(time.perf_counter() - start, 2))
-        log(f"  {arch:<14} {format_cell(results[arch])}  ({num_nets} nets, {results[arch]['seconds']:.1f} s)")
+        accs, extra = accuracies(model, jax.random.fold_in(key, index))
+        results[arch] = summarize(accs, seconds=round(time.perf_counter() - start, 2), **extra)
+        log(f"  {label(arch):<14} {format_cell(results[arch])}  ({note(results[arch])})")
     return results
 
 

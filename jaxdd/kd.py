@@ -320,11 +320,8 @@ def evaluate_archs_kd(
     validation = None
     if options.temperatures:
         validation = validation_split(real, options.val_per_class, jax.random.fold_in(key, VALIDATION_STREAM))
-    results = {}
-    for index, arch in enumerate(archs):
-        model = get_model(arch, num_classes=real.num_classes, image_shape=real.image_shape)
-        arch_key = jax.random.fold_in(key, index)
-        start = time.perf_counter()
+
+    def accuracies(model, arch_key):
         temperature, extra = options.temperature, {}
         if validation is not None:
             temperature, scores = search_temperature(
@@ -336,17 +333,20 @@ def evaluate_archs_kd(
             model, protocol, teacher, options.params(temperature), jax.random.split(arch_key, num_nets),
             images, labels, real.test_images, real.test_labels, parallel=parallel, devices=devices,
         )  # fmt: skip
-        results[arch] = evaluation.summarize(
-            accs,
-            seconds=round(time.perf_counter() - start, 2),
-            temperature=temperature,
-            alpha=options.alpha,
-            teacher=options.teacher,
-            teacher_acc=teacher_acc,
-            **extra,
+        extra.update(
+            temperature=temperature, alpha=options.alpha, teacher=options.teacher, teacher_acc=teacher_acc
         )
-        log(f"  {column(arch):<14} {evaluation.format_cell(results[arch])}  (τ {temperature:g})")
-    return results
+        return accs, extra
+
+    return evaluation.for_each_arch(
+        archs,
+        real,
+        key,
+        accuracies,
+        note=lambda summary: f"τ {summary['temperature']:g}",
+        label=column,
+        log=log,
+    )
 
 
 def validate(kd_config: ml_collections.ConfigDict, info) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -26,7 +25,6 @@ import optax
 
 from jaxdd import evaluation, training
 from jaxdd.data.real import RealData
-from jaxdd.models import get_model
 from jaxdd.resized_crop import random_resized_crop_flip
 
 COLUMN_SUFFIX = "+soft"
@@ -131,17 +129,15 @@ def evaluate_archs_soft(
     `devices` devices (as `evaluation.evaluate_model`)."""
     teacher_model, teacher_variables = teacher
     shared = (teacher_variables, images, real.test_images, real.test_labels)
-    results = {}
-    for index, arch in enumerate(archs):
-        model = get_model(arch, num_classes=real.num_classes, image_shape=real.image_shape)
-        keys = jax.random.split(jax.random.fold_in(key, index), num_nets)
-        start = time.perf_counter()
-        block = lambda mode, net_devices, block_keys, model=model: _student_accuracy_block(
+
+    def accuracies(model, arch_key):
+        block = lambda mode, net_devices, block_keys: _student_accuracy_block(
             model, protocol, teacher_model, mode, net_devices, block_keys, *shared
         )
+        keys = jax.random.split(arch_key, num_nets)
         accs = evaluation.run_networks(block, keys, parallel=parallel, devices=devices)
-        results[arch] = evaluation.summarize(
-            accs, seconds=round(time.perf_counter() - start, 2), temperature=protocol.temperature
-        )
-        log(f"  {column(arch):<14} {evaluation.format_cell(results[arch])}  (T {protocol.temperature:g})")
-    return results
+        return accs, {"temperature": protocol.temperature}
+
+    return evaluation.for_each_arch(
+        archs, real, key, accuracies, note=lambda _: f"T {protocol.temperature:g}", label=column, log=log
+    )
