@@ -14,8 +14,10 @@ trains it, so its accuracy does not depend on the device count either. N not div
 count is padded with extra keys whose results are dropped (`pad_rows`): the devices train in rounds of one
 network each anyway, so padding costs no wall time, whereas refusing would force N or the device count.
 
-Multi-host runs call `jax.distributed.initialize()` first (`jaxdd.distributed`, README); the mesh then
-spans every process's devices.
+Multi-host runs call `jax.distributed.initialize()` first (`jaxdd.distributed`, README); a mesh then takes
+the same number of devices from every process (`mesh_devices`), so every process computes its share, and
+the per-class inputs and outputs are replicated over the mesh, so every process can read the whole
+synthetic set and the metrics (tests/test_multiprocess.py: two processes equal one).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdd.errors import UserError, is_int
 
@@ -33,23 +35,34 @@ CLASS_AXIS = "classes"
 NET_AXIS = "nets"
 
 
-def resolve_devices(requested: int, num_classes: int, available: int | None = None) -> int:
+def resolve_devices(
+    requested: int, num_classes: int, available: int | None = None, *, processes: int | None = None
+) -> int:
     """The number of devices the classes are sharded over.
 
-    requested 0: the largest count ≤ the available devices that divides `num_classes` (10 classes on 4
-    devices: 2); otherwise `requested`, which must divide the classes and be available (UserError).
+    requested 0: the largest count ≤ the available devices that divides `num_classes` and is a multiple of
+    the process count (10 classes on 4 devices: 2, of one process or of two); otherwise `requested`, which
+    must be such a count and be available (UserError). Every process of a multi-process run must hold a
+    share of the class mesh: a process outside it could not read the results.
     """
     available = jax.device_count() if available is None else available
+    processes = jax.process_count() if processes is None else processes
     _check_requested(requested, available, f"as many as divide the {num_classes} classes")
-    if requested == 0:
-        return max(d for d in range(1, available + 1) if num_classes % d == 0)
-    if num_classes % requested:
-        divisors = [d for d in range(1, available + 1) if num_classes % d == 0]
+    counts = [d for d in range(processes, available + 1, processes) if num_classes % d == 0]
+    if requested == 0 and counts:
+        return counts[-1]
+    if requested in counts:
+        return requested
+    across = f" and is a multiple of the {processes} processes" if processes > 1 else ""
+    if not counts:
         raise UserError(
-            f"devices={requested} does not divide the {num_classes} classes (each device takes whole "
-            f"classes): set --config.devices to one of {divisors}, or 0 to choose automatically."
+            f"No device count divides the {num_classes} classes{across} (each device takes whole classes, "
+            f"every process the same number of them): run a number of processes that divides {num_classes}."
         )
-    return requested
+    raise UserError(
+        f"devices={requested} does not divide the {num_classes} classes{across} (each device takes whole "
+        f"classes): set --config.devices to one of {counts}, or 0 to choose automatically."
+    )
 
 
 def resolve_net_devices(requested: int, *, available: int | None = None, processes: int | None = None) -> int:
@@ -80,9 +93,21 @@ def _check_requested(requested, available: int, automatic: str) -> None:
         )
 
 
+def mesh_devices(num_devices: int, devices: list | None = None) -> list:
+    """`num_devices` devices (a multiple of the process count P): the first `num_devices / P` of each
+    process, in process order; one process's first `num_devices`. `devices`: `jax.devices()` (every
+    process's) by default."""
+    devices = jax.devices() if devices is None else devices
+    processes = sorted({d.process_index for d in devices})
+    per_process = num_devices // len(processes)
+    by_process = [[d for d in devices if d.process_index == p][:per_process] for p in processes]
+    return [d for group in by_process for d in group]
+
+
 def device_mesh(num_devices: int, axis: str) -> Mesh:
-    """A 1-D mesh with axis name `axis` over the first `num_devices` devices (of all processes)."""
-    return Mesh(np.asarray(jax.devices()[:num_devices]), (axis,))
+    """A 1-D mesh with axis name `axis` over `num_devices` devices, as many from each process
+    (`mesh_devices`)."""
+    return Mesh(np.asarray(mesh_devices(num_devices)), (axis,))
 
 
 def class_mesh(num_devices: int) -> Mesh:
@@ -94,14 +119,23 @@ def over_class_shards(fn: Callable, num_devices: int) -> Callable:
     """fn(*args) -> pytree, every argument and output with a leading class-major axis (labels [C] and
     syn [C, ...] for matching; a class-major batch [B, ...] for SRe2L's recover), run with that axis split
     into `num_devices` equal contiguous blocks (whole classes per device) and the outputs concatenated
-    along it; identity for one device. Whatever `fn` closes over is replicated."""
+    along it; identity for one device. Whatever `fn` closes over is replicated.
+
+    The arguments and outputs are constrained to be replicated over the mesh, so whatever a step computes
+    from them (the synthetic set it returns, its metrics) is whole on every device: in a multi-process run
+    every process can then read and export it, not only its own devices' classes.
+    """
     if num_devices == 1:
         return fn
+    mesh = class_mesh(num_devices)
     spec = PartitionSpec(CLASS_AXIS)  # a prefix of the argument tuple: every argument is split
     # check_vma=False: DSA's lax.switch mixes per-class (varying) and constant branch outputs, and the
     # convolutions' custom VJP returns kernel cotangents that vary over devices although the closed-over
     # kernels are replicated; the varying-axes check rejects both although every output here is per class
-    return jax.shard_map(fn, mesh=class_mesh(num_devices), in_specs=spec, out_specs=spec, check_vma=False)
+    split = jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
+    whole = NamedSharding(mesh, PartitionSpec())
+    replicated = lambda tree: jax.lax.with_sharding_constraint(tree, whole)
+    return lambda *args: replicated(split(*replicated(args)))
 
 
 def pad_rows(rows: jax.Array, num_devices: int) -> jax.Array:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -182,3 +183,30 @@ def test_device_counts_are_resolved_or_refused_clearly():
         sharding.resolve_devices(4, 10, available=4)
     with pytest.raises(UserError, match="only 1 device"):
         sharding.resolve_devices(2, 10, available=1)
+
+
+def test_a_multi_process_class_mesh_takes_a_multiple_of_the_process_count():
+    # 2 processes of 2 devices: 10 classes on one device of each (4 would not divide them, 1 would leave
+    # process 1 out of the mesh and unable to read the results)
+    assert sharding.resolve_devices(0, 10, available=4, processes=2) == 2
+    assert sharding.resolve_devices(0, 12, available=8, processes=2) == 6
+    assert sharding.resolve_devices(0, 100, available=16, processes=4) == 4
+    assert sharding.resolve_devices(2, 10, available=4, processes=2) == 2
+    with pytest.raises(
+        UserError, match=r"devices=1 does not divide the 10 classes and is a multiple of the 2 .*\[2\]"
+    ):
+        sharding.resolve_devices(1, 10, available=4, processes=2)
+    with pytest.raises(UserError, match="No device count divides the 10 classes and is a multiple of the 3"):
+        sharding.resolve_devices(0, 10, available=6, processes=3)
+
+
+def test_a_mesh_takes_as_many_devices_from_every_process():
+    class Device(NamedTuple):
+        id: int
+        process_index: int
+
+    two_processes = [Device(i, i // 4) for i in range(8)]
+    assert [d.id for d in sharding.mesh_devices(2, two_processes)] == [0, 4]
+    assert [d.id for d in sharding.mesh_devices(6, two_processes)] == [0, 1, 2, 4, 5, 6]
+    assert [d.id for d in sharding.mesh_devices(3, [Device(i, 0) for i in range(4)])] == [0, 1, 2]
+    assert sharding.mesh_devices(1) == jax.devices()[:1]
