@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -37,11 +38,12 @@ from jaxdd.errors import UserError
 IGNORED_CONFIG_KEYS: tuple[str, ...] = (
     "eval",  # evaluation of the finished (or intermediate) synthetic set, not the distillation
     "eval_at",  # when intermediate evaluations happen
-    "iterations",  # raising it extends a run; the iterations already done are unchanged
     "checkpoint_every",  # checkpoint cadence
     "keep_checkpoints",  # how many checkpoints are kept
     "log_every",  # logging cadence
     "resume_with_changed_config",  # the override itself
+    "resume_with_new_lr",  # the recovery's override (the learning rate keys it frees are the method's)
+    "max_abs_pixel",  # the divergence guard's bound: it stops a run, it never changes a saved state
     "data_dir",  # where the same named dataset is read from
     "devices",  # results do not depend on the device count (jaxdd.sharding)
     "distributed",  # how the processes of a multi-host run find each other
@@ -76,7 +78,11 @@ class Checkpointer:
         )
         self._manager = ocp.CheckpointManager(
             self.directory,
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()},
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "config": ocp.JsonCheckpointHandler(),
+                "digest": ocp.JsonCheckpointHandler(),
+            },
             options=options,
         )
         self._closed = False
@@ -89,10 +95,16 @@ class Checkpointer:
         """Saves `state` (a pytree of arrays) and `config` (a dict or ConfigDict, stored as JSON) at `step`.
 
         Asynchronous where enabled: returns once the arrays are copied to host memory. A step that already
-        exists raises (Orbax's StepAlreadyExistsError).
+        exists raises (Orbax's StepAlreadyExistsError). A state with a non-finite leaf is never saved:
+        ValueError (callers check the state first and say why).
         """
+        digest = state_digest(state)
+        if not digest["finite"]:
+            raise ValueError(f"refusing to save the non-finite state of step {step}")
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(_jsonable(config))
+            state=ocp.args.StandardSave(state),
+            config=ocp.args.JsonSave(_jsonable(config)),
+            digest=ocp.args.JsonSave(digest),
         )
         self._manager.save(int(step), args=args, force=True)
 
@@ -119,9 +131,11 @@ class Checkpointer:
         *,
         allow_config_change: bool = False,
         ignored_keys: Sequence[str] = IGNORED_CONFIG_KEYS,
+        max_step: int | None = None,
+        check: Callable[[Any], None] | None = None,
         log: Callable[[str], None] = print,
     ) -> tuple[Any, int] | None:
-        """Restores the newest readable checkpoint into the structure of `abstract_state`.
+        """Restores the newest readable checkpoint (≤ `max_step`) into the structure of `abstract_state`.
 
         Args:
           abstract_state: a pytree of arrays or `jax.ShapeDtypeStruct`s (e.g. `jax.eval_shape` of the
@@ -129,6 +143,9 @@ class Checkpointer:
           config: the current run config (dict or ConfigDict), compared with the checkpointed one.
           allow_config_change: resume although keys outside `ignored_keys` differ (they are logged).
           ignored_keys: dotted config paths (and everything below them) that may differ.
+          max_step: restore the newest step ≤ this (None: the newest step); newer steps are left alone.
+          check: called on the restored state; a ValueError it raises (e.g. exploded images) makes the step
+            count as unreadable, like a digest mismatch or a non-finite leaf.
           log: receives the one-line warnings (unreadable steps skipped, config changes allowed).
 
         Returns:
@@ -140,6 +157,8 @@ class Checkpointer:
         """
         self._manager.reload()
         steps = sorted(self._manager.all_steps(), reverse=True)
+        if max_step is not None:
+            steps = [step for step in steps if step <= max_step]
         if not steps:
             return None
         current = _jsonable(config)
@@ -148,13 +167,22 @@ class Checkpointer:
         for index, step in enumerate(steps):
             try:
                 saved = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-                _check_config(
-                    saved.config, current, step, self.directory, allow_config_change, ignored_keys, log
+                check_config(
+                    saved.config,
+                    current,
+                    step,
+                    self.directory,
+                    allow_change=allow_config_change,
+                    ignored_keys=ignored_keys,
+                    log=log,
                 )
                 _check_structure(self._manager.item_metadata(step).state, abstract, step, self.directory)
                 restored = self._manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
                 )
+                self._verify(step, restored.state)
+                if check is not None:
+                    check(restored.state)
             except (UserError, MemoryError):
                 raise
             except Exception as error:  # a corrupt or half-deleted step: any error Orbax/TensorStore raise
@@ -174,6 +202,27 @@ class Checkpointer:
             f"None of the checkpoints in {self.directory} can be read ({details}). Nothing was changed. "
             f"Use a new --workdir to start afresh, or move {self.directory} away."
         )
+
+    def saved_config(self, step: int) -> dict:
+        """The config (a JSON dict) saved with `step`; raises what Orbax raises for an unreadable step."""
+        saved = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+        if not isinstance(saved, Mapping):
+            raise ValueError(f"the stored config is {type(saved).__name__}, not a JSON object")
+        return dict(saved)
+
+    def _verify(self, step: int, state: Any) -> None:
+        """ValueError when the restored state is non-finite or differs from the digest saved with it.
+
+        Steps saved before digests existed have none; they are checked for finiteness only.
+        """
+        digest = state_digest(state)
+        if not digest["finite"]:
+            raise ValueError("the restored state holds non-finite values")
+        if "digest" not in (self._manager.item_metadata(step) or {}):
+            return
+        saved = self._manager.restore(step, args=ocp.args.Composite(digest=ocp.args.JsonRestore())).digest
+        if saved.get("sums") != digest["sums"]:
+            raise ValueError("the state's files do not hold the bits that were saved (digest mismatch)")
 
     def _set_aside(self, steps: list[int], log: Callable[[str], None]) -> None:
         """Renames unreadable step folders to `<step>.unreadable[-n]` so the resumed run can reuse them.
@@ -222,6 +271,42 @@ def _quiet_closed_loop_callbacks() -> None:
     sys.unraisablehook = hook
 
 
+def state_digest(tree: Any) -> dict:
+    """{'sums': [[a, b] per leaf], 'finite': bool} of a pytree of arrays, computed on its devices.
+
+    Each leaf's bits, as uint32 words x_i, give a = Σ x_i and b = Σ (2i + 1)·x_i (mod 2^32). The weights
+    are odd, so any change of a single word changes b; PRNG keys are digested through their key data.
+    `finite`: every floating leaf is finite.
+    """
+    sums, finite = _digest(tree)
+    sums, finite = jax.device_get((sums, finite))
+    return {"sums": [[int(a), int(b)] for a, b in sums], "finite": bool(finite)}
+
+
+@jax.jit
+def _digest(tree):
+    sums, finite = [], jnp.array(True)
+    for leaf in jax.tree.leaves(tree):
+        leaf = jnp.asarray(leaf)
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact):
+            finite &= jnp.all(jnp.isfinite(leaf))
+        words = _as_words(leaf).ravel()
+        weights = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+        sums.append(jnp.stack([jnp.sum(words, dtype=jnp.uint32), jnp.sum(words * weights, dtype=jnp.uint32)]))
+    return sums, finite
+
+
+def _as_words(leaf: jax.Array) -> jax.Array:
+    """The leaf's bits as uint32 words (8-byte elements give two words, narrower ones one each)."""
+    size = np.dtype(leaf.dtype).itemsize
+    if leaf.dtype == jnp.bool_:
+        return leaf.astype(jnp.uint32)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[size]
+    return jax.lax.bitcast_convert_type(leaf, unsigned).astype(jnp.uint32)
+
+
 def config_differences(
     old: Mapping, new: Mapping, *, ignored_keys: Sequence[str] = IGNORED_CONFIG_KEYS
 ) -> dict[str, tuple[Any, Any]]:
@@ -240,7 +325,18 @@ def config_differences(
     return differences
 
 
-def _check_config(saved, current, step, directory, allow_change, ignored_keys, log) -> None:
+def check_config(
+    saved: Mapping,
+    current: Mapping,
+    step: int,
+    directory: Path,
+    *,
+    allow_change: bool,
+    ignored_keys: Sequence[str],
+    log: Callable[[str], None],
+) -> None:
+    """UserError when `saved` (a checkpoint's config) and `current` differ outside `ignored_keys`; with
+    `allow_change` the differences are logged instead."""
     if not isinstance(saved, Mapping):
         raise ValueError(f"the stored config is {type(saved).__name__}, not a JSON object")
     differences = config_differences(saved, current, ignored_keys=ignored_keys)
@@ -250,10 +346,15 @@ def _check_config(saved, current, step, directory, allow_change, ignored_keys, l
     if allow_change:
         log(f"Warning: resuming iteration {step} from {directory} with a changed config ({listed}).")
         return
+    why = (
+        " (the method's schedule is spread over the total, so a longer or shorter run is another run)"
+        if "iterations" in differences
+        else ""
+    )
     raise UserError(
         f"The checkpoint of iteration {step} in {directory} was made with a different config "
-        f"({listed}); these keys change the result, so resuming would mix two runs. Use a new --workdir "
-        "for the new config, or pass --config.resume_with_changed_config=True to resume anyway."
+        f"({listed}); these keys change the result{why}, so resuming would mix two runs. Use a new "
+        "--workdir for the new config, or pass --config.resume_with_changed_config=True to resume anyway."
     )
 
 

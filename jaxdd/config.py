@@ -3,6 +3,8 @@ error (unknown name, bad value, impossible shape) before any data is loaded or a
 
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
 
 from jaxdd import (
@@ -18,7 +20,8 @@ from jaxdd import (
     sharding,
     teachers,
 )
-from jaxdd.errors import UserError, is_int, require
+from jaxdd.config_lists import split_ints, split_names
+from jaxdd.errors import UserError, is_finite_number, is_int, require
 from jaxdd.methods import distribution_matching, gradient_matching, sre2l
 
 
@@ -43,6 +46,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.log_every = 10
     config.eval_at = ""  # comma-separated iterations to evaluate at before the end, e.g. '500,1000'
     config.resume_with_changed_config = False  # resume although result-changing keys differ
+    # resume although the pixel learning rate differs (gm/dm/sre2l.lr_img): the recovery from a diverged
+    # run, continuing from its last good checkpoint with a lower rate
+    config.resume_with_new_lr = False
+    # the divergence guard: a state whose images leave ±max_abs_pixel (normalised units) is never saved
+    config.max_abs_pixel = 1e3
     # JAX's persistent compilation cache, set by the launcher (a model pool compiles one step per
     # architecture; reruns reuse them); '' = off.
     config.compilation_cache_dir = "~/.cache/jaxdd/jax_compilation_cache"
@@ -80,35 +88,53 @@ def base_config() -> ml_collections.ConfigDict:
 BASELINES = ("random", "whole")
 
 
-def split_names(value: str) -> tuple[str, ...]:
-    """'a, b,c' -> ('a', 'b', 'c'); '' -> ()."""
-    return tuple(name.strip() for name in value.split(",") if name.strip())
-
-
-def split_ints(value: str) -> tuple[int, ...]:
-    """'10, 20' -> (10, 20); '' -> (). Raises UserError on anything but integers."""
-    try:
-        return tuple(int(item) for item in split_names(str(value)))
-    except ValueError:
-        raise UserError(f"{value!r} must be comma-separated integers, e.g. '500,1000'.") from None
-
-
 def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
     """Applies a recipe argument 'key=value,key.sub=value' (the part after ':' in --config=FILE:ARG).
 
-    Each value is converted to the type of the key's default, so `ipc=10` sets an int.
+    Each value is converted to the type of the key's default, so `ipc=10` sets an int; UserError for an
+    item that is not key=value, an unknown key, a section, or a value that does not convert.
     """
-    for item in split_names(arg or ""):
+    for item in split_names(arg or "", key="the recipe argument"):
         key, sep, text = item.partition("=")
         if not sep:
-            raise UserError(f"Recipe argument {item!r} is not key=value, e.g. --config=configs/x.py:ipc=10.")
+            raise UserError(
+                f"Recipe argument {item!r} is not key=value, e.g. --config=configs/x.py:ipc=10 (items are "
+                "separated by commas; give a list value as --config.KEY=a,b instead)."
+            )
         try:
             current = _lookup(config, key)
         except (KeyError, AttributeError):
-            raise UserError(f"Recipe argument names an unknown key {key!r}.") from None
-        value = text.lower() in ("1", "true", "yes") if isinstance(current, bool) else type(current)(text)
-        _assign(config, key, value)
+            raise UserError(
+                f"Recipe argument {item!r} names an unknown key {key!r}: see the keys in jaxdd/config.py "
+                "base_config, e.g. ipc=10 or eval.epochs=300."
+            ) from None
+        _assign(config, key, _convert(current, key, text))
     return config
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _convert(current, key: str, text: str):
+    """`text` as the type of the key's current value `current` (UserError naming key, value and type)."""
+    if isinstance(current, ml_collections.ConfigDict):
+        raise UserError(
+            f"Recipe argument {key}={text!r}: {key!r} is a section ({', '.join(current)}), not a value: "
+            f"set one of its keys, e.g. {key}.{next(iter(current), 'KEY')}=..."
+        )
+    if isinstance(current, bool):
+        if text.lower() not in _TRUE + _FALSE:
+            raise UserError(f"Recipe argument {key}={text!r}: {key} is true or false, e.g. {key}=true.")
+        return text.lower() in _TRUE
+    if current is None or isinstance(current, str):
+        return text
+    try:
+        return type(current)(text)
+    except (TypeError, ValueError):
+        kind = "an integer" if is_int(current) else f"a {type(current).__name__}"
+        raise UserError(
+            f"Recipe argument {key}={text!r}: {key} takes {kind} (default {current!r}), e.g. {key}={current}."
+        ) from None
 
 
 def apply_pool_arg(
@@ -119,7 +145,7 @@ def apply_pool_arg(
 
     configs/pool_dc_cifar10.py:main_others,ipc=1 -> pool.preset='main_others', ipc=1.
     """
-    items = split_names(arg or "")
+    items = split_names(arg or "", key="the recipe argument")
     presets = [item for item in items if "=" not in item]
     if len(presets) > 1:
         raise UserError(f"Recipe argument {arg!r} names more than one pool preset: {', '.join(presets)}.")
@@ -160,6 +186,7 @@ def eval_protocol(eval_config: ml_collections.ConfigDict, dataset: str) -> evalu
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises `UserError` naming the first bad value and its fix; cheap (no data, no compilation)."""
+    check_keys(config, base_config())
     info = data.dataset_info(config.dataset)
     method = methods.get_method(config.method)
     require(
@@ -182,11 +209,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for name in ("checkpoint_every", "keep_checkpoints", "log_every"):
         value = config[name]
         require(is_int(value) and value >= 1, f"{name}={value!r} must be an integer ≥ 1.")
+    if "max_abs_pixel" in config:
+        require(
+            is_finite_number(config.max_abs_pixel) and config.max_abs_pixel > 0,
+            f"max_abs_pixel={config.max_abs_pixel!r} must be > 0 and finite (the divergence guard's bound "
+            f"on |pixel| in normalised units; default {base_config().max_abs_pixel:g}).",
+        )
     require(
         config.init in ("real", "noise"),
         f"init={config.init!r} must be 'real' or 'noise' (--config.init=real).",
     )
-    for step in split_ints(config.eval_at):
+    for step in split_ints(config.eval_at, key="eval_at"):
         require(
             1 <= step <= config.iterations,
             f"eval_at has {step}, outside 1..iterations={config.iterations}: list iterations within the run.",
@@ -200,7 +233,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     models.check_input_shape(config.model, info.image_shape, info.num_classes)
     pool.validate(config, info)
     _validate_eval(config.eval, info)
-    if split_names(config.eval.archs):
+    if split_names(config.eval.archs, key="eval.archs"):
         sharding.resolve_net_devices(config.get("devices", 0))
     if "kd" in config:
         kd.validate(config.kd, info)
@@ -214,20 +247,49 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, where="config"):
+    """UserError for a key `config` does not know (a recipe's typo, which would be ignored silently) or a
+    key of a `reference` section that a section of `config` lacks (a --config.SECTION={...} override
+    replaces the whole section). A missing top-level key passes (tests and tools build partial configs),
+    as does a value that is a section only in `config` (a model spec)."""
+    unknown = [key for key in config if key not in reference]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(reference), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(
+            f"{where} has an unknown key {unknown[0]!r}{hint}, which nothing reads. Its keys are "
+            f"{', '.join(reference)}."
+        )
+    missing = [key for key in reference if key not in config]
+    if missing and where != "config":
+        raise UserError(
+            f"{where} lacks {', '.join(missing)}: a --{where}={{...}} override replaces the whole section; "
+            f"set its keys one at a time instead, e.g. --{where}.{missing[0]}=VALUE."
+        )
+    for key in reference:
+        sections = (reference[key], config.get(key))
+        if all(isinstance(section, ml_collections.ConfigDict) for section in sections):
+            check_keys(config[key], reference[key], f"{where}.{key}")
+
+
 def _validate_eval(eval_config: ml_collections.ConfigDict, info) -> None:
-    for arch in split_names(eval_config.archs):
+    for arch in split_names(eval_config.archs, key="eval.archs"):
         models.check_input_shape(arch, info.image_shape, info.num_classes)
     for name in ("num_nets", "epochs", "batch_size", "test_batch_size"):
         value = eval_config[name]
         require(is_int(value) and value >= 1, f"eval.{name}={value!r} must be an integer ≥ 1.")
-    require(eval_config.lr > 0, f"eval.lr={eval_config.lr!r} must be > 0 (the reference uses 0.01).")
+    lr, momentum, weight_decay = eval_config.lr, eval_config.momentum, eval_config.weight_decay
     require(
-        0 <= eval_config.momentum < 1,
-        f"eval.momentum={eval_config.momentum!r} must lie in [0, 1) (the reference uses 0.9).",
+        is_finite_number(lr) and lr > 0,
+        f"eval.lr={lr!r} must be > 0 and finite (the reference uses 0.01).",
     )
     require(
-        eval_config.weight_decay >= 0,
-        f"eval.weight_decay={eval_config.weight_decay!r} must be ≥ 0 (the reference uses 5e-4).",
+        is_finite_number(momentum) and 0 <= momentum < 1,
+        f"eval.momentum={momentum!r} must lie in [0, 1) (the reference uses 0.9).",
+    )
+    require(
+        is_finite_number(weight_decay) and weight_decay >= 0,
+        f"eval.weight_decay={weight_decay!r} must be ≥ 0 and finite (the reference uses 5e-4).",
     )
     require(
         eval_config.parallel in evaluation.PARALLELISM_CHOICES,
@@ -235,7 +297,7 @@ def _validate_eval(eval_config: ml_collections.ConfigDict, info) -> None:
     )
     if eval_config.augment != "none":
         augment.parse_strategy(resolve_augment(eval_config.augment, info.name))
-    for baseline in split_names(eval_config.baselines):
+    for baseline in split_names(eval_config.baselines, key="eval.baselines"):
         require(
             baseline in BASELINES,
             f"eval.baselines has {baseline!r}; valid baselines are {', '.join(BASELINES)} (comma-separated).",

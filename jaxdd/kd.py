@@ -30,9 +30,9 @@ import ml_collections
 import numpy as np
 from flax import struct
 
-from jaxdd import evaluation, training
+from jaxdd import config_lists, evaluation, training
 from jaxdd.data.real import RealData, class_indices
-from jaxdd.errors import UserError, is_int, require
+from jaxdd.errors import UserError, is_finite_number, is_int, require
 from jaxdd.models import check_input_shape, get_model
 
 COLUMN_SUFFIX = "+KD"  # eval.json / table.md column of an architecture's KD students
@@ -223,14 +223,9 @@ class KDOptions:
         )
 
 
-def split_floats(text: str) -> tuple[float, ...]:
-    """'1, 1.5,2' -> (1.0, 1.5, 2.0); '' -> (). UserError on anything else."""
-    try:
-        return tuple(float(item) for item in str(text).split(",") if item.strip())
-    except ValueError:
-        raise UserError(
-            f"kd.temperatures={text!r} must be comma-separated numbers, e.g. '1,1.5,2,4'."
-        ) from None
+def split_floats(text) -> tuple[float, ...]:
+    """`kd.temperatures` as numbers: '1, 1.5,2' or '(1, 1.5, 2)' -> (1.0, 1.5, 2.0); '' -> ()."""
+    return config_lists.split_floats(text, key="kd.temperatures")
 
 
 def options_from_config(kd_config: ml_collections.ConfigDict) -> KDOptions:
@@ -353,22 +348,34 @@ def validate(kd_config: ml_collections.ConfigDict, info) -> None:
     """UserError for a bad `kd.*` value (info: the dataset's `DatasetInfo`); nothing compiles."""
     if not kd_config.enabled:
         return
-    require(0 <= kd_config.alpha <= 1, f"kd.alpha={kd_config.alpha!r} must lie in [0, 1] (the paper: 0.5).")
-    require(kd_config.temperature > 0, f"kd.temperature={kd_config.temperature!r} must be > 0 (paper: 1.5).")
+    alpha, decay, floor = kd_config.alpha, kd_config.temperature_decay, kd_config.min_temperature
     require(
-        0 < kd_config.temperature_decay <= 1,
-        f"kd.temperature_decay={kd_config.temperature_decay!r} must lie in (0, 1] (1: fixed τ; the paper's "
-        "code: 0.9).",
+        is_finite_number(alpha) and 0 <= alpha <= 1,
+        f"kd.alpha={alpha!r} must lie in [0, 1] (the paper: 0.5).",
     )
     require(
-        kd_config.min_temperature > 0,
-        f"kd.min_temperature={kd_config.min_temperature!r} must be > 0 (the floor of the decayed τ).",
+        is_finite_number(decay) and 0 < decay <= 1,
+        f"kd.temperature_decay={decay!r} must lie in (0, 1] (1: fixed τ; the paper's code: 0.9).",
+    )
+    require(
+        is_finite_number(floor) and floor > 0,
+        f"kd.min_temperature={floor!r} must be > 0 and finite (the floor of the decayed τ).",
+    )
+    require(
+        is_finite_number(kd_config.temperature) and kd_config.temperature > 0,
+        f"kd.temperature={kd_config.temperature!r} must be > 0 and finite (paper: 1.5).",
     )
     temperatures = split_floats(kd_config.temperatures)
+    for temperature in temperatures:
+        require(
+            is_finite_number(temperature) and temperature > 0,
+            f"kd.temperatures={kd_config.temperatures!r} has {temperature!r}: list finite numbers > 0, "
+            "e.g. '1,1.5,2,4'.",
+        )
     for temperature in (kd_config.temperature, *temperatures):
         require(
-            temperature >= kd_config.min_temperature,
-            f"kd temperature {temperature!r} is below kd.min_temperature={kd_config.min_temperature!r}: "
+            temperature >= floor,
+            f"kd temperature {temperature!r} is below kd.min_temperature={floor!r}: "
             "raise it or lower kd.min_temperature.",
         )
     for name in ("val_per_class", "search_nets"):

@@ -36,11 +36,10 @@ import ml_collections
 import optax
 from flax import struct
 
-from jaxdd import cam, teachers
+from jaxdd import cam, config_lists, teachers
 from jaxdd.data.real import RealData
-from jaxdd.errors import UserError, is_int, require
+from jaxdd.errors import UserError, is_finite_number, is_int, require
 from jaxdd.models import get_model
-from jaxdd.seeding import purpose_key
 
 META_THRESHOLD = 0.5  # the paper's definition of a (meta) feature pixel
 # Mixed into a step's key so the subset draw never reuses a key the method derives by split ("meta").
@@ -180,10 +179,7 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
 
 def arch_list(metadd: ml_collections.ConfigDict) -> tuple[teachers.Arch, ...]:
     """`metadd.archs` as registry names / `ConvNetSpec`s: a comma-separated string or a sequence."""
-    archs = metadd.archs
-    if isinstance(archs, str):
-        return tuple(name.strip() for name in archs.split(",") if name.strip())
-    return tuple(teachers.as_arch(arch) for arch in archs)
+    return tuple(teachers.as_arch(arch) for arch in config_lists.split_list(metadd.archs, key="metadd.archs"))
 
 
 def options_from_config(metadd: ml_collections.ConfigDict) -> Options:
@@ -199,12 +195,11 @@ def load_auxiliaries(
     config: ml_collections.ConfigDict, real: RealData, *, log: Callable[[str], None] = print
 ) -> Auxiliaries | None:
     """The run's auxiliary networks (cached, or trained now with `config.teachers` from
-    `purpose_key(seed, 'teacher')`, as SRe2L's teacher), or None when MetaDD is off."""
+    `purpose_key(teachers.seed, 'teacher')`, as SRe2L's teacher), or None when MetaDD is off."""
     if not enabled(config):
         return None
     options = teachers.options_from_config(config.teachers, config.dataset)
-    key = purpose_key(config.seed, "teacher")
-    nets = [teachers.load_or_train_teacher(a, real, key, options, log=log) for a in arch_list(config.metadd)]
+    nets = [teachers.load_or_train_teacher(a, real, options, log=log) for a in arch_list(config.metadd)]
     models, variables = [t.model for t in nets], [t.variables for t in nets]
     return make_auxiliaries(models, variables, real.image_shape, options_from_config(config.metadd))
 
@@ -219,9 +214,15 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
         f"metadd.enabled with method={config.method!r}: MetaDD regularises dc, dsa, dm or sre2l.",
     )
     for name in ("lambda_var", "lambda_ai"):
-        require(m[name] >= 0, f"metadd.{name}={m[name]!r} must be ≥ 0 (0 switches the term off; default 1).")
+        require(
+            is_finite_number(m[name]) and m[name] >= 0,
+            f"metadd.{name}={m[name]!r} must be ≥ 0 and finite (0 switches the term off; default 1).",
+        )
     require(m.lambda_var > 0 or m.lambda_ai > 0, "metadd.enabled but both λs are 0: set one > 0.")
-    require(m.cam_epsilon > 0, f"metadd.cam_epsilon={m.cam_epsilon!r} must be > 0 (default 1e-6).")
+    require(
+        is_finite_number(m.cam_epsilon) and m.cam_epsilon > 0,
+        f"metadd.cam_epsilon={m.cam_epsilon!r} must be > 0 and finite (default 1e-6).",
+    )
     count = m.images_per_step
     require(
         is_int(count) and count >= 0,
@@ -240,6 +241,6 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
             message = f"metadd.archs has {arch!r}, which cannot be an auxiliary network: {error}"
             raise UserError(message) from None
         teachers.require_cached_or_trainable(
-            teachers.options_from_config(config.teachers, config.dataset), info.name, arch,
+            teachers.options_from_config(config.teachers, config.dataset), info, arch,
             flag="--config.teachers.train",
         )  # fmt: skip

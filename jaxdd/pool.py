@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdd.errors import UserError, is_int
+from jaxdd.config_lists import split_names
+from jaxdd.errors import UserError, is_finite_number, is_int
 from jaxdd.models import check_input_shape
 from jaxdd.models.convnet import ConvNetSpec
 from jaxdd.models.registry import CONVNETS, MODELS
@@ -140,7 +141,7 @@ def label(arch: Arch) -> str:
 def parse_custom(text: str, main: Arch) -> list[tuple[Arch, float]]:
     """'ConvNet:0.5,AlexNet:0.5' -> [('ConvNet', 0.5), ('AlexNet', 0.5)]; 'main' is `main`."""
     entries = []
-    for item in filter(None, (item.strip() for item in text.split(","))):
+    for item in split_names(text, key="pool.custom"):
         name, sep, value = item.rpartition(":")
         try:
             probability = float(value) if sep else math.nan
@@ -205,10 +206,10 @@ def pool_from_config(config: ml_collections.ConfigDict) -> Pool | None:
         return None
     entries = merge(preset_entries(pool_config, main_arch(config)))
     for arch, probability in entries:
-        if not probability > 0:
+        if not (is_finite_number(probability) and probability > 0):
             raise UserError(
-                f"pool gives {label(arch)} probability {probability!r}; every probability must be > 0 "
-                "(drop the architecture instead)."
+                f"pool gives {label(arch)} probability {probability!r}; every probability must be > 0 and "
+                "finite (drop the architecture instead)."
             )
     total = sum(p for _, p in entries)
     if abs(total - 1) > PROBABILITY_TOLERANCE:

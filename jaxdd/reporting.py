@@ -66,14 +66,49 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:.1f}s"
 
 
-def truncate_metrics(path: str | Path, *, after_step: int) -> None:
-    """Drops the metrics.jsonl lines of steps after `after_step` (written before an interruption and
-    about to be recomputed by the resumed run), so each step appears once."""
+def read_metrics(path: str | Path) -> tuple[list[dict], int]:
+    """(records, unreadable line count) of metrics.jsonl; blank lines are skipped, a partial line (a
+    process killed mid-write) or any other non-JSON-object line is counted, not fatal."""
     path = Path(path)
     if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= after_step]
-    path.write_text("".join(line + "\n" for line in kept))
+        return [], 0
+    records, unreadable = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            unreadable += 1
+    return records, unreadable
+
+
+def truncate_metrics(path: str | Path, *, after_step: int) -> dict:
+    """Drops the metrics.jsonl lines of steps after `after_step` (written before an interruption and
+    about to be recomputed by the resumed run), so each step appears once, and any unreadable line.
+
+    Returns {'dropped_steps': n, 'unreadable': m, 'missing': [steps ≤ after_step with no line]}.
+    """
+    path = Path(path)
+    records, unreadable = read_metrics(path)
+    kept = [r for r in records if not _is_step_after(r, after_step)]
+    if path.is_file():
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    present = {r["step"] for r in kept if "event" not in r and isinstance(r.get("step"), int)}
+    return {
+        "dropped_steps": len(records) - len(kept),
+        "unreadable": unreadable,
+        "missing": [step for step in range(1, after_step + 1) if step not in present],
+    }
+
+
+def _is_step_after(record: dict, step: int) -> bool:
+    value = record.get("step", 0)
+    return isinstance(value, int | float) and value > step
 
 
 class Progress:
@@ -107,10 +142,7 @@ class Progress:
 
 def save_loss_curve(metrics_path: str | Path, out_path: str | Path, *, key: str = "loss") -> bool:
     """Plots `key` against step from metrics.jsonl to a PNG; returns False when there is nothing to plot."""
-    metrics_path = Path(metrics_path)
-    if not metrics_path.is_file():
-        return False
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    records, _ = read_metrics(metrics_path)
     points = [(r["step"], r[key]) for r in records if "step" in r and key in r]
     if not points:
         return False

@@ -7,6 +7,7 @@ multi-process run, where every process evaluates and holds the same accuracies).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import ml_collections
 
-from jaxdd import data, distributed, evaluation, kd, relabel, reporting, synthetic
+from jaxdd import data, distributed, evaluation, kd, relabel, reporting, run_folder, synthetic
 from jaxdd.config import eval_protocol, split_names, validate
 from jaxdd.errors import UserError
 from jaxdd.methods import sre2l
@@ -31,7 +32,7 @@ def evaluate_synset(
 ) -> dict:
     """Evaluates `synset` and the configured baselines on `config.eval.archs`; writes eval.json,
     baselines.json and table.md in `workdir` and prints the table."""
-    archs = split_names(config.eval.archs)
+    archs = split_names(config.eval.archs, key="eval.archs")
     if not archs:
         log("eval.archs is empty: no evaluation.")
         return {}
@@ -59,7 +60,7 @@ def evaluate_synset(
         reporting.write_json(workdir / "eval.json", results)
     rows = {f"{config.method}, IPC {config.ipc}": results}
     baselines = {}
-    for baseline in split_names(config.eval.baselines):
+    for baseline in split_names(config.eval.baselines, key="eval.baselines"):
         if baseline == "random" and config.method != "random":
             subset = synthetic.init_real(real, config.ipc, purpose_key(config.seed, "baseline"))
             baselines[f"random real, IPC {config.ipc}"] = evaluate(
@@ -87,7 +88,7 @@ def evaluate_during_run(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Evaluates the set at an intermediate iteration (config.eval_at); records it in metrics.jsonl only."""
-    archs = split_names(config.eval.archs)
+    archs = split_names(config.eval.archs, key="eval.archs")
     if not archs:
         return {}
     name = f"{config.method} at iteration {iteration}"
@@ -240,19 +241,17 @@ def evaluate_existing(
     synset_path: str | Path | None = None,
     log=print,
 ) -> dict:
-    """Evaluates a saved synthetic set (default: `workdir`/synset.npz) with `config.eval`."""
+    """Evaluates a saved synthetic set (default: `workdir`/synset.npz) with `config.eval`; the config and
+    the file are checked (`synthetic.load_npz` against the dataset and `config.ipc`) before any work."""
     validate(config)
     workdir = Path(workdir)
-    synset, _ = synthetic.load_npz(synset_path or workdir / "synset.npz")
     info = data.dataset_info(config.dataset)
-    if tuple(synset.images.shape[1:]) != tuple(info.image_shape):
-        raise UserError(
-            f"The synthetic set's images are {tuple(synset.images.shape[1:])} but {config.dataset!r} has "
-            f"{tuple(info.image_shape)}: pass the --config.dataset the set was distilled on."
-        )
-    workdir.mkdir(parents=True, exist_ok=True)
-    real = load_real(config, log)
-    return evaluate_synset(config, real, synset, workdir, log=log)
+    # checked against the dataset (shape, labels, classes, finiteness) before any data load or compile
+    synset, _ = synthetic.load_npz(synset_path or workdir / "synset.npz", info=info, ipc=config.ipc)
+    workdir = run_folder.prepare(workdir)  # writable, before the evaluation that writes its results
+    with run_folder.locked(workdir) if distributed.is_main_process() else contextlib.nullcontext():
+        real = load_real(config, log)
+        return evaluate_synset(config, real, synset, workdir, log=log)
 
 
 def collect_table(run_dirs: list[str | Path]) -> str:
@@ -262,10 +261,25 @@ def collect_table(run_dirs: list[str | Path]) -> str:
         eval_path = run_dir / "eval.json"
         if not eval_path.is_file():
             raise UserError(f"{str(run_dir)!r} has no eval.json: evaluate it first (--mode=evaluate).")
-        rows[run_dir.name] = json.loads(eval_path.read_text())
+        rows[run_dir.name] = _read_results(eval_path)
         baselines_path = run_dir / "baselines.json"
         if baselines_path.is_file():
-            for name, results in json.loads(baselines_path.read_text()).items():
+            for name, results in _read_results(baselines_path).items():
                 rows.setdefault(name, results)
         archs += [a for a in rows[run_dir.name] if a not in archs]
     return evaluation.markdown_table(rows, archs)
+
+
+def _read_results(path: Path) -> dict:
+    """A results file's JSON object; UserError naming the file when it is cut short or not an object."""
+    try:
+        results = json.loads(path.read_text())
+    except ValueError as error:
+        raise UserError(
+            f"{str(path)!r} is not valid JSON ({error}): evaluate the run again (--mode=evaluate) to "
+            "rewrite it."
+        ) from None
+    if not isinstance(results, dict):
+        kind = type(results).__name__
+        raise UserError(f"{str(path)!r} holds a {kind}, not {{arch: summary}}: evaluate the run again.")
+    return results

@@ -1,19 +1,24 @@
 """Networks trained on the real data and cached: SRe2L's squeeze step, MetaDD's auxiliary networks.
 
-`load_or_train_teacher(arch, real, key, options)` returns `(model, variables, test_accuracy)`: the
-cached network of (dataset, architecture) when one exists, else a network trained now with
-`options.protocol` (SGD with momentum and weight decay, `training`'s protocol of `evaluation`) on the
-whole real training set and cached for later runs (any method, any seed).
+`load_or_train_teacher(arch, real, options)` returns a `Teacher`: the cached network trained exactly as
+`options` says, when one exists, else a network trained now (from `purpose_key(options.seed, 'teacher')`,
+with `options.protocol`: SGD with momentum and weight decay, `evaluation`'s protocol) on the whole real
+training set and cached for later runs (any method, any distillation seed).
 
-A cache entry is the folder `<options.directory>/<dataset>/<arch>/` holding `variables/` (Orbax: the
-`params` and `batch_stats` collections) and `teacher.json` (architecture, dataset, test accuracy, the
-training protocol). The entry is written into a temporary folder and renamed into place once complete,
-so an interrupted training or save never leaves an entry that looks cached.
+A cache entry is keyed by everything that makes the network what it is (`cache_key`): dataset, split,
+architecture, the model code's version (`MODEL_CODE_VERSION`) and parameter shapes, the training protocol
+and the teacher seed. It is the folder `<options.directory>/<dataset>/<arch>/<hash of the key>/` holding
+`variables/` (Orbax: the `params` and `batch_stats` collections) and `teacher.json` (the key itself, the
+test accuracy). A teacher trained another way lives in another folder and is never reused in its place.
+The entry is written into a temporary folder and renamed into place once complete, so an interrupted
+training or save never leaves an entry that looks cached; an entry that cannot be read is named, set
+aside as `<hash>.corrupt` and retrained (or refused with its path when training is off).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -29,11 +34,17 @@ import orbax.checkpoint as ocp
 
 from jaxdd import augment, evaluation, reporting, training
 from jaxdd.data.real import RealData
-from jaxdd.errors import UserError, is_int
+from jaxdd.errors import UserError, is_finite_number, is_int
 from jaxdd.models import ConvNetSpec, get_model
+from jaxdd.seeding import purpose_key
 
 META_FILE = "teacher.json"
 VARIABLES_DIR = "variables"
+# Bump when a change to jaxdd.models or jaxdd.training alters what a network of the same name computes or
+# how it is initialised or trained: cached teachers of earlier versions are then retrained, not reused.
+MODEL_CODE_VERSION = 1
+# The part of the real data a teacher is trained on: the whole training split.
+TRAIN_SPLIT = "train"
 Arch = str | ConvNetSpec
 
 
@@ -49,27 +60,34 @@ def default_config() -> ml_collections.ConfigDict:
             "momentum": 0.9,
             "weight_decay": 5e-4,
             "augment": "none",  # 'none', 'dsa' (the dataset's DSA strategy, per image) or a strategy
+            # the teacher's training key is purpose_key(seed, 'teacher'): one teacher serves every
+            # distillation seed, as in SRe2L and MetaDD
+            "seed": 0,
         }
     )
 
 
 @dataclasses.dataclass(frozen=True)
 class TeacherOptions:
-    """Where teachers live, whether a missing one may be trained, and how (lr ×0.1 at half)."""
+    """Where teachers live, whether a missing one may be trained, and how (lr ×0.1 at half, from
+    `purpose_key(seed, 'teacher')`)."""
 
     directory: str
     train: bool = True
     protocol: evaluation.EvalProtocol = dataclasses.field(
         default_factory=lambda: evaluation.EvalProtocol(epochs=20)
     )
+    seed: int = 0
 
 
 class Teacher(NamedTuple):
-    """A trained network: its module, `{'params', 'batch_stats'?}` and its test accuracy in [0, 1]."""
+    """A trained network: its module, `{'params', 'batch_stats'?}`, its test accuracy in [0, 1] and the
+    record of how it was trained."""
 
     model: nn.Module
     variables: dict
     test_accuracy: float
+    meta: dict  # the cache entry's teacher.json: its `key` (how it was trained) and test accuracy
 
 
 def options_from_config(teachers: ml_collections.ConfigDict, dataset: str) -> TeacherOptions:
@@ -83,7 +101,9 @@ def options_from_config(teachers: ml_collections.ConfigDict, dataset: str) -> Te
         weight_decay=float(teachers.weight_decay),
         augment=strategy,
     )
-    return TeacherOptions(directory=teachers.dir, train=bool(teachers.train), protocol=protocol)
+    return TeacherOptions(
+        directory=teachers.dir, train=bool(teachers.train), protocol=protocol, seed=int(teachers.seed)
+    )
 
 
 def as_arch(spec) -> Arch:
@@ -102,25 +122,69 @@ def arch_folder_name(arch: Arch) -> str:
     return f"ConvNet-w{arch.width}-d{arch.depth}-{arch.act}-{arch.norm}-{arch.pool}"
 
 
-def teacher_dir(directory: str, dataset: str, arch) -> Path:
-    """`<directory>/<dataset>/<arch>` (`~` expanded, absolute)."""
+def arch_dir(directory: str, dataset: str, arch) -> Path:
+    """`<directory>/<dataset>/<arch>` (`~` expanded, absolute): the entries of every protocol."""
     return Path(os.path.expanduser(directory)).absolute() / dataset / arch_folder_name(as_arch(arch))
 
 
-def is_cached(directory: str, dataset: str, arch) -> bool:
-    """Whether a complete cache entry exists (its `teacher.json` is written last)."""
-    return (teacher_dir(directory, dataset, arch) / META_FILE).is_file()
+def cache_key(options: TeacherOptions, dataset: str, arch, image_shape, num_classes: int) -> dict:
+    """Everything that decides the trained network (JSON): two teachers with the same key are the same.
+
+    The parameter shapes stand in for the architecture's code beside `MODEL_CODE_VERSION`; computing
+    them traces the model abstractly (no data, no compilation).
+    """
+    arch = as_arch(arch)
+    model = get_model(arch, num_classes=num_classes, image_shape=tuple(image_shape))
+    shapes = jax.tree.map(lambda leaf: list(leaf.shape), _abstract_variables(model, tuple(image_shape)))
+    return {
+        "dataset": dataset,
+        "split": TRAIN_SPLIT,
+        "arch": arch_folder_name(arch),
+        "model_code_version": MODEL_CODE_VERSION,
+        "parameter_shapes_sha256": _sha256(shapes),
+        "protocol": dataclasses.asdict(options.protocol),
+        "seed": options.seed,
+    }
 
 
-def require_cached_or_trainable(options: TeacherOptions, dataset: str, arch, *, flag: str) -> None:
-    """UserError when the teacher is not cached and training it is disabled; `flag` names the switch."""
-    if not options.train and not is_cached(options.directory, dataset, arch):
-        folder = teacher_dir(options.directory, dataset, arch)
+def entry_dir(options: TeacherOptions, key: dict) -> Path:
+    """The cache folder of the teacher `key` describes: `<dir>/<dataset>/<arch>/<12 hex digits>`."""
+    return arch_dir(options.directory, key["dataset"], key["arch"]) / _sha256(key)[:12]
+
+
+def _sha256(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def is_cached(folder: Path) -> bool:
+    """Whether a complete cache entry exists in `folder` (its `teacher.json` is written last)."""
+    return (folder / META_FILE).is_file()
+
+
+def require_cached_or_trainable(options: TeacherOptions, info, arch, *, flag: str) -> None:
+    """UserError when the teacher is not cached and training it is disabled; `flag` names the switch.
+
+    info: the dataset's `DatasetInfo` (name, image_shape, num_classes).
+    """
+    if options.train:
+        return
+    key = cache_key(options, info.name, arch, info.image_shape, info.num_classes)
+    folder = entry_dir(options, key)
+    if not is_cached(folder):
         raise UserError(
-            f"No cached teacher {arch_folder_name(as_arch(arch))} for {dataset!r} in {folder} (expected "
-            f"{folder / META_FILE}) and training it is disabled: pass {flag}=True to train and cache it "
-            "(or point --config.teachers.dir at a folder that holds it)."
+            f"No cached teacher {key['arch']} for {info.name!r} trained with this protocol in {folder} "
+            f"(expected {folder / META_FILE}; {describe_key(key)}) and training it is disabled: pass "
+            f"{flag}=True to train and cache it (or point --config.teachers.dir at a folder that holds it)."
         )
+
+
+def describe_key(key: dict) -> str:
+    """'20 epochs, lr 0.01, momentum 0.9, wd 0.0005, batch 256, augment none, seed 0': how it was trained."""
+    p = key["protocol"]
+    return (
+        f"{p['epochs']} epochs, lr {p['lr']}, momentum {p['momentum']}, wd {p['weight_decay']}, batch "
+        f"{p['batch_size']}, augment {p['augment']}, seed {key['seed']}"
+    )
 
 
 _train_epoch = jax.jit(evaluation.train_network_epoch, static_argnums=(0, 1))
@@ -157,12 +221,29 @@ def _abstract_variables(model: nn.Module, image_shape) -> dict:
     return jax.eval_shape(lambda k: dict(model.init(k, x, train=False)), jax.random.key(0))
 
 
-def load_teacher(folder: Path, model: nn.Module, image_shape) -> tuple[dict, dict]:
-    """(variables, metadata) of the cache entry `folder` for `model`."""
-    meta = json.loads((folder / META_FILE).read_text())
+def load_teacher(folder: Path, model: nn.Module, image_shape, key: dict) -> tuple[dict, dict]:
+    """(variables, metadata) of the cache entry `folder` for `model`.
+
+    Raises ValueError when the entry is unreadable or describes another teacher than `key`.
+    """
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{folder / META_FILE} is not readable JSON ({error})") from None
+    if (
+        not isinstance(meta, dict)
+        or meta.get("key") != key
+        or not isinstance(meta.get("test_accuracy"), float)
+    ):
+        raise ValueError(f"{folder / META_FILE} does not describe this teacher (or lacks its accuracy)")
     abstract = _abstract_variables(model, image_shape)
-    with ocp.StandardCheckpointer() as checkpointer:
-        variables = checkpointer.restore(folder / VARIABLES_DIR, abstract)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            variables = checkpointer.restore(folder / VARIABLES_DIR, abstract)
+    except Exception as error:  # any Orbax / TensorStore failure of a damaged entry
+        raise ValueError(f"{folder / VARIABLES_DIR} cannot be restored ({type(error).__name__})") from None
+    if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(variables)):
+        raise ValueError(f"{folder / VARIABLES_DIR} holds non-finite parameters")
     return dict(variables), meta
 
 
@@ -184,40 +265,80 @@ def save_teacher(folder: Path, variables: dict, meta: dict) -> None:
     tmp.rename(folder)
 
 
+def _set_aside(folder: Path) -> Path:
+    """Renames a damaged entry to `<folder>.corrupt[-n]` (kept for inspection) and returns the new path."""
+    target, n = folder.with_name(f"{folder.name}.corrupt"), 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{folder.name}.corrupt-{n}")
+    folder.rename(target)
+    return target
+
+
 def load_or_train_teacher(
     arch,
     real: RealData,
-    key: jax.Array,
     options: TeacherOptions,
     *,
     log: Callable[[str], None] = print,
 ) -> Teacher:
-    """The cached teacher of (real.name, arch), or one trained now from `key` and cached.
+    """The cached teacher of (real.name, arch) trained as `options` says, or one trained now and cached.
 
     arch: a registry name or a ConvNet spec (dict or `ConvNetSpec`). Raises UserError when it is not
-    cached and `options.train` is False.
+    cached (or its entry is damaged) and `options.train` is False.
     """
     arch = as_arch(arch)
+    name = arch_folder_name(arch)
     model = get_model(arch, num_classes=real.num_classes, image_shape=real.image_shape)
-    folder = teacher_dir(options.directory, real.name, arch)
-    if is_cached(options.directory, real.name, arch):
-        variables, meta = load_teacher(folder, model, real.image_shape)
-        accuracy = float(meta["test_accuracy"])
-        log(f"Loaded teacher {arch_folder_name(arch)} from {folder} (test accuracy {100 * accuracy:.1f}%)")
-        return Teacher(model, variables, accuracy)
-    require_cached_or_trainable(options, real.name, arch, flag="--config.teachers.train")
+    key = cache_key(options, real.name, arch, real.image_shape, real.num_classes)
+    folder = entry_dir(options, key)
+    if is_cached(folder):
+        try:
+            variables, meta = load_teacher(folder, model, real.image_shape, key)
+        except ValueError as error:
+            if not options.train:
+                raise UserError(
+                    f"The cached teacher in {folder} is damaged ({error}) and training is disabled: delete "
+                    "that folder and pass --config.teachers.train=True to retrain it."
+                ) from None
+            moved = _set_aside(folder)
+            log(
+                f"Warning: the cached teacher in {folder} is damaged ({error}); moved to {moved}, retraining."
+            )
+        else:
+            accuracy = float(meta["test_accuracy"])
+            how = describe_key(key)
+            log(f"Loaded teacher {name} from {folder} (test accuracy {100 * accuracy:.1f}%; {how})")
+            return Teacher(model, variables, accuracy, meta)
+    if not options.train:
+        require_cached_or_trainable(options, real, arch, flag="--config.teachers.train")
     protocol = options.protocol
-    log(f"Training teacher {arch_folder_name(arch)} on {real.name} ({protocol.epochs} epochs) ...")
-    variables, accuracy = train_teacher(model, protocol, real, key, log=log, name=arch_folder_name(arch))
-    meta = {
-        "arch": arch_folder_name(arch),
-        "dataset": real.name,
-        "test_accuracy": accuracy,
-        "protocol": dataclasses.asdict(protocol),
-    }
+    log(f"Training teacher {name} on {real.name} ({describe_key(key)}) ...")
+    train_key = purpose_key(options.seed, "teacher")
+    variables, accuracy = train_teacher(model, protocol, real, train_key, log=log, name=name)
+    if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(variables)):
+        raise UserError(
+            f"Training teacher {name} on {real.name} diverged (non-finite parameters; {describe_key(key)}); "
+            "nothing was cached. Lower --config.teachers.lr."
+        )
+    meta = {"key": key, "test_accuracy": accuracy, "train_images": int(real.train_images.shape[0])}
     save_teacher(folder, variables, meta)
-    log(f"Teacher {arch_folder_name(arch)}: test accuracy {100 * accuracy:.1f}%, cached in {folder}")
-    return Teacher(model, variables, accuracy)
+    log(f"Teacher {name}: test accuracy {100 * accuracy:.1f}%, cached in {folder}")
+    return Teacher(model, variables, accuracy, meta)
+
+
+def records(options: TeacherOptions, real: RealData, archs) -> dict:
+    """{arch name: {'folder', 'key', 'test_accuracy', ...}}: the cache entries of the teachers `archs`
+    as a run used them, for the run folder (a teacher the run did not need to load is left out)."""
+    out = {}
+    for arch in archs:
+        key = cache_key(options, real.name, arch, real.image_shape, real.num_classes)
+        folder = entry_dir(options, key)
+        if not is_cached(folder):
+            continue
+        meta = json.loads((folder / META_FILE).read_text())
+        out[key["arch"]] = {"folder": str(folder), **meta}
+    return out
 
 
 def validate(teachers: ml_collections.ConfigDict) -> None:
@@ -226,13 +347,17 @@ def validate(teachers: ml_collections.ConfigDict) -> None:
         value = teachers[name]
         if not is_int(value) or value < 1:
             raise UserError(f"teachers.{name}={value!r} must be an integer ≥ 1.")
-    if not teachers.lr > 0:
-        raise UserError(f"teachers.lr={teachers.lr!r} must be > 0 (default 0.01).")
-    if not 0 <= teachers.momentum < 1:
+    if not (is_finite_number(teachers.lr) and teachers.lr > 0):
+        raise UserError(f"teachers.lr={teachers.lr!r} must be > 0 and finite (default 0.01).")
+    if not (is_finite_number(teachers.momentum) and 0 <= teachers.momentum < 1):
         raise UserError(f"teachers.momentum={teachers.momentum!r} must lie in [0, 1) (default 0.9).")
-    if not teachers.weight_decay >= 0:
-        raise UserError(f"teachers.weight_decay={teachers.weight_decay!r} must be ≥ 0 (default 5e-4).")
+    if not (is_finite_number(teachers.weight_decay) and teachers.weight_decay >= 0):
+        raise UserError(
+            f"teachers.weight_decay={teachers.weight_decay!r} must be ≥ 0 and finite (default 5e-4)."
+        )
     if not isinstance(teachers.dir, str) or not teachers.dir:
         raise UserError(f"teachers.dir={teachers.dir!r} must be a folder path, e.g. ~/.cache/jaxdd/teachers.")
+    if not is_int(teachers.seed) or teachers.seed < 0:
+        raise UserError(f"teachers.seed={teachers.seed!r} must be an integer ≥ 0 (default 0).")
     if teachers.augment not in ("none", "dsa"):
         augment.parse_strategy(teachers.augment)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
 from jaxdd.checkpointing import IGNORED_CONFIG_KEYS, Checkpointer, config_differences
@@ -167,10 +168,19 @@ def test_result_changing_config_key_raises(tmp_path):
 
 def test_ignored_config_keys_may_change(tmp_path):
     save_steps(tmp_path, [1])
-    changed = {**CONFIG, "iterations": 50, "eval": {"num_nets": 1, "archs": ""}, "checkpoint_every": 5}
+    changed = {**CONFIG, "eval": {"num_nets": 1, "archs": ""}, "checkpoint_every": 5}
     (state, step), logs = restore(tmp_path, changed)
     assert step == 1 and logs == []
     assert_same(state, make_state(1))
+    # The iteration count changes a schedule that depends on the total (SRe2L's cosine): only the run
+    # driver, which knows the method, may ignore it.
+    assert "iterations" not in IGNORED_CONFIG_KEYS
+    with pytest.raises(UserError, match="iterations: 10 → 50"):
+        restore(tmp_path, {**CONFIG, "iterations": 50})
+    (_, step), _ = restore(
+        tmp_path, {**CONFIG, "iterations": 50}, ignored_keys=(*IGNORED_CONFIG_KEYS, "iterations")
+    )
+    assert step == 1
 
 
 def test_allow_config_change_resumes_and_logs(tmp_path):
@@ -199,4 +209,67 @@ def test_config_differences():
         "nested.b": ([1, 2], [1, 3]),
         "new": ("<absent>", True),
     }
-    assert "iterations" in IGNORED_CONFIG_KEYS and "eval" in IGNORED_CONFIG_KEYS
+    assert "checkpoint_every" in IGNORED_CONFIG_KEYS and "eval" in IGNORED_CONFIG_KEYS
+
+
+def test_a_non_finite_state_is_never_saved(tmp_path):
+    nan_state = make_state(2).replace(images=make_state(2).images.at[0, 0, 0, 0].set(jnp.nan))
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, make_state(1), CONFIG)
+        with pytest.raises(ValueError, match="non-finite state of step 2"):
+            ckpt.save(2, nan_state, CONFIG)
+    assert Checkpointer(tmp_path).steps() == [1]
+
+
+def test_a_non_finite_restored_state_falls_back(tmp_path):
+    # What a checkpoint written before the guard existed (no digest) may hold.
+    save_steps(tmp_path, [1])
+    inf_state = make_state(2).replace(images=jnp.full_like(make_state(2).images, jnp.inf))
+    with Checkpointer(tmp_path) as ckpt:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(inf_state), config=ocp.args.JsonSave(CONFIG))
+        ckpt._manager.save(2, args=args)
+    (state, step), logs = restore(tmp_path)
+    assert step == 1
+    assert_same(state, make_state(1))
+    assert "iteration 2" in logs[0] and "non-finite" in logs[0]
+
+
+def test_state_files_that_do_not_match_their_digest_fall_back(tmp_path):
+    save_steps(tmp_path, [1, 2])
+    save_steps(tmp_path / "other", [3])
+    # Step 2's state files replaced by a well-formed state with other values: only the digest can tell.
+    shutil.rmtree(tmp_path / "2" / "state")
+    shutil.copytree(tmp_path / "other" / "3" / "state", tmp_path / "2" / "state")
+    (state, step), logs = restore(tmp_path)
+    assert step == 1
+    assert_same(state, make_state(1))
+    assert "digest mismatch" in logs[0]
+
+
+def test_flipped_bytes_in_the_data_files_never_restore_silently(tmp_path):
+    save_steps(tmp_path, [1, 2])
+    data_files = [p for p in (tmp_path / "2" / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert data_files
+    for data_file in data_files:
+        raw = bytearray(data_file.read_bytes())
+        middle = len(raw) // 2
+        raw[middle : middle + 16] = bytes(b ^ 0xFF for b in raw[middle : middle + 16])
+        data_file.write_bytes(bytes(raw))
+    (state, step), logs = restore(tmp_path)
+    assert step == 1 and "iteration 2" in logs[0]
+    assert_same(state, make_state(1))
+
+
+def test_max_step_and_check_choose_what_is_restored(tmp_path):
+    save_steps(tmp_path, [1, 2, 3])
+    (state, step), _ = restore(tmp_path, max_step=2)
+    assert step == 2
+    assert_same(state, make_state(2))
+    assert restore(tmp_path, max_step=0)[0] is None
+
+    def refuse_large(restored):
+        if float(jnp.min(restored.images)) > 2.5:  # step 3 only
+            raise ValueError("images too large")
+
+    (_, step), logs = restore(tmp_path, check=refuse_large)
+    assert step == 2 and "images too large" in logs[0]

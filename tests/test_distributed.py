@@ -68,7 +68,15 @@ def _stepping_method() -> Method:
     return Method(init=init, make_step=make_step)
 
 
-RUN_FILES = {"config.json", "eval.json", "metrics.jsonl", "synset.npz", "synset.png", "table.md"}
+RUN_FILES = {
+    "config.json",
+    "eval.json",
+    "jaxdd.lock",
+    "metrics.jsonl",
+    "synset.npz",
+    "synset.png",
+    "table.md",
+}
 
 
 def _tiny_run_config():

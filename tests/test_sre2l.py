@@ -6,8 +6,10 @@ soft-label columns through the driver, an interrupted recover resumed exactly.
 Tiny sizes (8x8 images, width-4/8 ConvNets); the module compiles with most XLA optimisations off.
 """
 
+import dataclasses
 import json
 import math
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -129,24 +131,83 @@ def test_a_cached_teacher_is_loaded_instead_of_trained(tiny_real, tmp_path, monk
     original = teachers.train_teacher
 
     def counting(*args, **kwargs):
-        if calls:
-            raise AssertionError("the teacher was trained twice")
         calls.append(1)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(teachers, "train_teacher", counting)
-    key = jax.random.key(0)
-    first = teachers.load_or_train_teacher(TINY_BN, tiny_real, key, options, log=lambda _: None)
-    folder = teachers.teacher_dir(str(tmp_path), "blobs", TINY_BN)
-    assert (folder / teachers.META_FILE).is_file()
-    second = teachers.load_or_train_teacher(TINY_BN, tiny_real, key, options, log=lambda _: None)
+    quiet = lambda _: None
+    first = teachers.load_or_train_teacher(TINY_BN, tiny_real, options, log=quiet)
+    key = teachers.cache_key(options, "blobs", TINY_BN, (8, 8, 1), 3)
+    folder = teachers.entry_dir(options, key)
+    assert folder.parent == tmp_path / "blobs" / "ConvNet-w4-d2-relu-batchnorm-avgpool"
+    assert json.loads((folder / teachers.META_FILE).read_text())["key"]["protocol"]["epochs"] == 1
+    second = teachers.load_or_train_teacher(TINY_BN, tiny_real, options, log=quiet)
     assert calls == [1]
     assert second.test_accuracy == pytest.approx(first.test_accuracy)
     jax.tree.map(np.testing.assert_array_equal, first.variables, second.variables)
-    # with training disabled, a missing teacher names its folder and the flag
+    # with training disabled, a missing teacher names its folder, its protocol and the flag
     disabled = teachers.TeacherOptions(directory=str(tmp_path / "empty"), train=False)
-    with pytest.raises(UserError, match=r"empty/blobs/ConvNet-w4-d2-relu-batchnorm-avgpool.*teachers\.train"):
-        teachers.load_or_train_teacher(TINY_BN, tiny_real, key, disabled)
+    with pytest.raises(
+        UserError, match=r"empty/blobs/ConvNet-w4-d2-relu-batchnorm-avgpool.*20 epochs.*teachers\.train"
+    ):
+        teachers.load_or_train_teacher(TINY_BN, tiny_real, disabled)
+
+
+def test_a_teacher_trained_another_way_is_never_reused(tiny_real, tmp_path):
+    quiet = lambda _: None
+    one_epoch = teachers.TeacherOptions(
+        directory=str(tmp_path), protocol=teachers.evaluation.EvalProtocol(epochs=1)
+    )
+    teachers.load_or_train_teacher(TINY_BN, tiny_real, one_epoch, log=quiet)
+    base = teachers.cache_key(one_epoch, "blobs", TINY_BN, (8, 8, 1), 3)
+    for changed in (
+        dataclasses.replace(one_epoch, protocol=teachers.evaluation.EvalProtocol(epochs=2)),
+        dataclasses.replace(one_epoch, protocol=teachers.evaluation.EvalProtocol(epochs=1, lr=0.02)),
+        dataclasses.replace(one_epoch, protocol=teachers.evaluation.EvalProtocol(epochs=1, augment="flip")),
+        dataclasses.replace(one_epoch, seed=1),
+    ):
+        key = teachers.cache_key(changed, "blobs", TINY_BN, (8, 8, 1), 3)
+        assert teachers.entry_dir(changed, key) != teachers.entry_dir(one_epoch, base)
+        assert not teachers.is_cached(teachers.entry_dir(changed, key))
+    # another architecture version (parameter shapes) is another entry too
+    wider = {**TINY_BN, "width": 8}
+    assert (
+        teachers.cache_key(one_epoch, "blobs", wider, (8, 8, 1), 3)["parameter_shapes_sha256"]
+        != base["parameter_shapes_sha256"]
+    )
+    # the run would now train a 2-epoch teacher rather than load the 1-epoch one
+    trained = []
+    two = dataclasses.replace(one_epoch, protocol=teachers.evaluation.EvalProtocol(epochs=2))
+    teacher = teachers.load_or_train_teacher(TINY_BN, tiny_real, two, log=trained.append)
+    assert any("Training teacher" in line and "2 epochs" in line for line in trained)
+    assert teacher.meta["key"]["protocol"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("damage", ["truncated_json", "deleted_variables"])
+def test_a_damaged_cache_entry_is_named_and_retrained_or_refused(tiny_real, tmp_path, damage):
+    options = teachers.TeacherOptions(
+        directory=str(tmp_path), protocol=teachers.evaluation.EvalProtocol(epochs=1)
+    )
+    quiet = lambda _: None
+    first = teachers.load_or_train_teacher(TINY_BN, tiny_real, options, log=quiet)
+    folder = teachers.entry_dir(options, teachers.cache_key(options, "blobs", TINY_BN, (8, 8, 1), 3))
+    if damage == "truncated_json":
+        meta = folder / teachers.META_FILE
+        meta.write_text(meta.read_text()[:40])
+    else:
+        shutil.rmtree(folder / teachers.VARIABLES_DIR)
+    refused = dataclasses.replace(options, train=False)
+    with pytest.raises(UserError, match=f"{folder}.*damaged"):
+        teachers.load_or_train_teacher(TINY_BN, tiny_real, refused, log=quiet)
+    lines = []
+    again = teachers.load_or_train_teacher(TINY_BN, tiny_real, options, log=lines.append)
+    assert (
+        "damaged" in lines[0]
+        and str(folder) in lines[0]
+        and folder.with_name(folder.name + ".corrupt").is_dir()
+    )
+    assert again.test_accuracy == pytest.approx(first.test_accuracy)  # the same key retrains the same net
+    assert teachers.is_cached(folder)
 
 
 def test_teacher_training_logs_each_epoch_and_trains_the_evaluation_protocols_network(tiny_real):
@@ -200,7 +261,6 @@ def test_validate_names_bad_values_before_any_compile(tmp_path):
         ("sre2l.batch_ipc", True, "sre2l.batch_ipc"),
         ("sre2l.relabel.lr", -1.0, "sre2l.relabel.lr"),
         ("sre2l.relabel.temperature", 0.0, "temperature"),
-        ("iterations", 0, "iterations"),
         ("teachers.epochs", 0, "teachers.epochs"),
     ):
         with pytest.raises(UserError, match=match):
@@ -235,7 +295,10 @@ def test_two_iterations_and_the_soft_label_columns_through_the_driver(tmp_path):
     steps = [json.loads(line).get("step") for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [s for s in steps if s is not None] == [1, 2]
     assert "MLP+soft" in (tmp_path / "run" / "table.md").read_text()
-    assert (tmp_path / "teachers" / "digits" / "ConvNetBN" / teachers.META_FILE).is_file()
+    (entry,) = (tmp_path / "teachers" / "digits" / "ConvNetBN").glob(f"*/{teachers.META_FILE}")
+    recorded = json.loads((tmp_path / "run" / "teachers.json").read_text())
+    assert recorded["ConvNetBN"]["folder"] == str(entry.parent)
+    assert recorded["ConvNetBN"]["key"]["protocol"]["epochs"] == config.teachers.epochs
 
 
 def test_an_interrupted_recover_resumes_to_the_same_images(tmp_path, monkeypatch):

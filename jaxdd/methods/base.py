@@ -52,8 +52,17 @@ class Method:
     init(config, real, key) -> DistillState
     make_step(config, real) -> StepFn, or None when there is nothing to optimise.
     validate(config, dataset_info) -> None, raising UserError for method-specific bad values.
+    lr_keys: the config keys of the pixel learning rate, which `resume_with_new_lr` may change (the
+      recovery from a diverged run).
+    schedule_uses_iterations: whether a step depends on the total `iterations` (a decay over the run), so
+      that a run cannot be extended or shortened on resume.
+    teacher_archs(config) -> the architectures of the networks trained on the real data that the method
+      itself uses (SRe2L's teacher); MetaDD's auxiliaries are listed by `jaxdd.metadd`.
     """
 
     init: Callable[[ml_collections.ConfigDict, RealData, jax.Array], DistillState]
     make_step: Callable[[ml_collections.ConfigDict, RealData], StepFn] | None = None
     validate: Callable[[ml_collections.ConfigDict, object], None] | None = None
+    lr_keys: tuple[str, ...] = ()
+    schedule_uses_iterations: bool = False
+    teacher_archs: Callable[[ml_collections.ConfigDict], tuple] = lambda config: ()

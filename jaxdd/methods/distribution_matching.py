@@ -35,7 +35,7 @@ import optax
 
 from jaxdd import augment, metadd, pool, sharding, synthetic, training
 from jaxdd.data.real import RealData, sample_class_batch
-from jaxdd.errors import is_int, require
+from jaxdd.errors import is_finite_number, is_int, require
 from jaxdd.methods.base import DistillState, Method
 from jaxdd.models import get_model
 
@@ -253,21 +253,20 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
     dm = config.dm
     require(config.init in synthetic.INITS, f"init={config.init!r} must be 'real' or 'noise' (DM: real).")
     require(
-        config.iterations >= 1,
-        f"method='dm' with iterations={config.iterations} optimises nothing: set --config.iterations "
-        "(the reference: 20000), or use --config.method=random for a random real subset.",
-    )
-    require(
         is_int(dm.batch_real) and dm.batch_real >= 1,
         f"dm.batch_real={dm.batch_real!r} must be an integer ≥ 1 (the reference: 256).",
     )
-    require(dm.lr_img > 0, f"dm.lr_img={dm.lr_img!r} must be > 0 (reference: 1; CIFAR-10 IPC ≥ 100: 10).")
     require(
-        0 <= dm.momentum_img < 1, f"dm.momentum_img={dm.momentum_img!r} must lie in [0, 1) (reference 0.5)."
+        is_finite_number(dm.lr_img) and dm.lr_img > 0,
+        f"dm.lr_img={dm.lr_img!r} must be > 0 and finite (reference: 1; CIFAR-10 IPC ≥ 100: 10).",
+    )
+    require(
+        is_finite_number(dm.momentum_img) and 0 <= dm.momentum_img < 1,
+        f"dm.momentum_img={dm.momentum_img!r} must lie in [0, 1) (reference 0.5).",
     )
     if dm.dsa_strategy:
         augment.parse_strategy(dm.dsa_strategy)
     sharding.resolve_devices(config.get("devices", 0), info.num_classes)
 
 
-METHOD = Method(init=init, make_step=make_step, validate=validate)
+METHOD = Method(init=init, make_step=make_step, validate=validate, lr_keys=("dm.lr_img",))

@@ -28,7 +28,7 @@ import optax
 
 from jaxdd import augment, metadd, pool, sharding, synthetic, training
 from jaxdd.data.real import RealData, class_indices
-from jaxdd.errors import UserError, is_int, require
+from jaxdd.errors import UserError, is_finite_number, is_int, require
 from jaxdd.methods.base import DistillState, Method
 from jaxdd.methods.matching_distance import METRICS, distance
 from jaxdd.methods.matching_loss import (
@@ -372,10 +372,14 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
     for name, valid in (("class_loop", ("auto", *CLASS_LOOPS)), ("parallel", ("auto", *NET_LOOPS))):
         value = gm.get(name, "auto")
         require(value in valid, f"gm.{name}={value!r} must be one of {', '.join(valid)}.")
-    require(gm.lr_img > 0, f"gm.lr_img={gm.lr_img!r} must be > 0 (the reference uses 0.1).")
-    require(gm.lr_net > 0, f"gm.lr_net={gm.lr_net!r} must be > 0 (the reference uses 0.01).")
+    for name, reference in (("lr_img", 0.1), ("lr_net", 0.01)):
+        require(
+            is_finite_number(gm[name]) and gm[name] > 0,
+            f"gm.{name}={gm[name]!r} must be > 0 and finite (the reference uses {reference}).",
+        )
     require(
-        0 <= gm.momentum_img < 1, f"gm.momentum_img={gm.momentum_img!r} must lie in [0, 1) (reference 0.5)."
+        is_finite_number(gm.momentum_img) and 0 <= gm.momentum_img < 1,
+        f"gm.momentum_img={gm.momentum_img!r} must lie in [0, 1) (reference 0.5).",
     )
     if config.method == "dc":
         require(
@@ -389,4 +393,4 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
     _model(config, info.num_classes, info.image_shape)
 
 
-METHOD = Method(init=init, make_step=make_step, validate=validate)
+METHOD = Method(init=init, make_step=make_step, validate=validate, lr_keys=("gm.lr_img",))

@@ -37,11 +37,10 @@ import optax
 
 from jaxdd import metadd, relabel, sharding, synthetic, teachers, training
 from jaxdd.data.real import RealData
-from jaxdd.errors import UserError, is_int, require
+from jaxdd.errors import UserError, is_finite_number, is_int, require
 from jaxdd.methods.base import DistillState, Method
 from jaxdd.models import MODELS, uses_batch_norm
 from jaxdd.resized_crop import random_resized_crop_flip
-from jaxdd.seeding import purpose_key
 
 __all__ = [
     "METHOD",
@@ -99,7 +98,8 @@ class Settings:
 
     @property
     def pixel_optimizer(self) -> optax.GradientTransformation:
-        schedule = optax.cosine_decay_schedule(self.lr_img, self.iterations)
+        # iterations=0 exports the initialisation: no step runs, but Adam's state needs a valid schedule
+        schedule = optax.cosine_decay_schedule(self.lr_img, max(self.iterations, 1))
         return optax.adam(schedule, b1=self.beta1, b2=self.beta2)
 
 
@@ -261,9 +261,8 @@ def teacher_options(config: ml_collections.ConfigDict) -> teachers.TeacherOption
 
 def load_teacher(config: ml_collections.ConfigDict, real: RealData, *, log=print) -> teachers.Teacher:
     """The squeeze step: the cached `config.model` teacher of the dataset, or one trained now from
-    `purpose_key(seed, 'teacher')`."""
-    key = purpose_key(config.seed, "teacher")
-    return teachers.load_or_train_teacher(config.model, real, key, teacher_options(config), log=log)
+    `purpose_key(teachers.seed, 'teacher')`."""
+    return teachers.load_or_train_teacher(config.model, real, teacher_options(config), log=log)
 
 
 def init(config: ml_collections.ConfigDict, real: RealData, key: jax.Array) -> DistillState:
@@ -335,16 +334,15 @@ def _positive_int(value) -> bool:
     return is_int(value) and value >= 1
 
 
+def _positive_number(value) -> bool:
+    return is_finite_number(value) and value > 0
+
+
 def validate(config: ml_collections.ConfigDict, info) -> None:
     """UserError for a bad `sre2l.*` / `teachers.*` value, a teacher without BatchNorm or a missing cached
     teacher that may not be trained (info: the dataset's `DatasetInfo`); nothing compiles."""
     s, r = config.sre2l, config.sre2l.relabel
     require(config.init in synthetic.INITS, f"init={config.init!r} must be 'noise' (SRe2L) or 'real'.")
-    require(
-        _positive_int(config.iterations),
-        f"method='sre2l' needs iterations ≥ 1 (recover steps), got {config.iterations!r}: e.g. "
-        "--config.iterations=1000 (the reference for small datasets).",
-    )
     if not uses_batch_norm(teachers.as_arch(config.model)):
         bn_models = ", ".join(name for name in MODELS if uses_batch_norm(name))
         raise UserError(
@@ -356,28 +354,51 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
         f"pool.preset={config.pool.preset if config.get('pool') else ''!r}: SRe2L recovers from one "
         "teacher, not a model pool; set --config.pool.preset=''.",
     )
-    require(s.lr_img > 0, f"sre2l.lr_img={s.lr_img!r} must be > 0 (the reference: 0.25).")
-    for name in ("beta1", "beta2"):
-        require(0 <= s[name] < 1, f"sre2l.{name}={s[name]!r} must lie in [0, 1) (reference 0.5 / 0.9).")
-    require(s.r_bn >= 0, f"sre2l.r_bn={s.r_bn!r} must be ≥ 0 (the reference: 0.01).")
     require(
-        0 < s.min_crop_scale <= 1, f"sre2l.min_crop_scale={s.min_crop_scale!r} must lie in (0, 1] (ref 0.08)."
+        _positive_number(s.lr_img),
+        f"sre2l.lr_img={s.lr_img!r} must be > 0 and finite (the reference: 0.25).",
+    )
+    for name in ("beta1", "beta2"):
+        require(
+            is_finite_number(s[name]) and 0 <= s[name] < 1,
+            f"sre2l.{name}={s[name]!r} must lie in [0, 1) (reference 0.5 / 0.9).",
+        )
+    require(
+        is_finite_number(s.r_bn) and s.r_bn >= 0,
+        f"sre2l.r_bn={s.r_bn!r} must be ≥ 0 and finite (the reference: 0.01).",
+    )
+    require(
+        is_finite_number(s.min_crop_scale) and 0 < s.min_crop_scale <= 1,
+        f"sre2l.min_crop_scale={s.min_crop_scale!r} must lie in (0, 1] (ref 0.08).",
     )
     require(
         is_int(s.batch_ipc) and s.batch_ipc >= 0 and (s.batch_ipc == 0 or config.ipc % s.batch_ipc == 0),
         f"sre2l.batch_ipc={s.batch_ipc!r} must be 0 (all images in one batch) or an integer ≥ 1 dividing "
         f"ipc={config.ipc}.",
     )
-    require(r.temperature > 0, f"sre2l.relabel.temperature={r.temperature!r} must be > 0 (SRe2L: 20).")
-    require(r.lr > 0, f"sre2l.relabel.lr={r.lr!r} must be > 0 (SRe2L: 1e-3).")
-    require(r.weight_decay >= 0, f"sre2l.relabel.weight_decay={r.weight_decay!r} must be ≥ 0 (SRe2L: 0.01).")
+    for name, reference in (("temperature", 20), ("lr", 1e-3)):
+        require(
+            _positive_number(r[name]),
+            f"sre2l.relabel.{name}={r[name]!r} must be > 0 and finite (SRe2L: {reference}).",
+        )
+    require(
+        is_finite_number(r.weight_decay) and r.weight_decay >= 0,
+        f"sre2l.relabel.weight_decay={r.weight_decay!r} must be ≥ 0 and finite (SRe2L: 0.01).",
+    )
     for name in ("epochs", "batch_size"):
         require(_positive_int(r[name]), f"sre2l.relabel.{name}={r[name]!r} must be an integer ≥ 1.")
     sharding.resolve_devices(config.get("devices", 0), info.num_classes)
     teachers.validate(config.teachers)
     teachers.require_cached_or_trainable(
-        teacher_options(config), info.name, config.model, flag="--config.teachers.train"
+        teacher_options(config), info, config.model, flag="--config.teachers.train"
     )
 
 
-METHOD = Method(init=init, make_step=make_step, validate=validate)
+METHOD = Method(
+    init=init,
+    make_step=make_step,
+    validate=validate,
+    lr_keys=("sre2l.lr_img",),
+    schedule_uses_iterations=True,  # the learning rate is a cosine over `iterations`
+    teacher_archs=lambda config: (config.model,),
+)
