@@ -252,6 +252,10 @@ def input_cases(tmp: Path) -> list[tuple[str, str, list[str], str]]:
         f"--workdir={tmp}/w",
     ]
     cases = []
+    shared = f"--workdir={tmp}/w"
+    for table in (config_cases, folder_cases, data_cases):  # one folder per case: runs in parallel
+        for name, argv in table.items():
+            table[name] = [f"--workdir={tmp}/w_{name}" if arg == shared else arg for arg in argv]
     for group, table in (
         ("config/CLI", config_cases),
         ("folders", folder_cases),

@@ -55,7 +55,7 @@ IGNORED_CONFIG_KEYS: tuple[str, ...] = (
 )
 
 _UNREADABLE_SUFFIX = ".unreadable"
-_MISSING = "<absent>"
+ABSENT = "<absent>"  # config_differences' value of a key one side lacks
 
 
 class Checkpointer:
@@ -319,7 +319,7 @@ def config_differences(
     for key in sorted(old_flat.keys() | new_flat.keys()):
         if any(key == ignored or key.startswith(ignored + ".") for ignored in ignored_keys):
             continue
-        before, after = old_flat.get(key, _MISSING), new_flat.get(key, _MISSING)
+        before, after = old_flat.get(key, ABSENT), new_flat.get(key, ABSENT)
         if before != after:
             differences[key] = (before, after)
     return differences
@@ -396,6 +396,11 @@ def _key_name(key) -> str:
 
 def _spec_str(spec) -> str:
     return "nothing" if spec is None else f"{spec[1]}{list(spec[0])}"
+
+
+def flatten_config(config) -> dict[str, Any]:
+    """{dotted key: JSON value} of a config (ConfigDict or dict): what `config_differences` compares."""
+    return _flatten(_jsonable(config))
 
 
 def _jsonable(config) -> dict:

@@ -78,6 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.weight_decay = 5e-4
     config.eval.augment = "none"  # 'none', 'dsa' (the dataset's default strategy) or a DSA strategy string
     config.eval.test_batch_size = 500
+    # a fixed stratified subset of this many test images (a reduced protocol, labelled so); 0 = all
+    config.eval.test_size = 0
     config.eval.parallel = "auto"  # 'loop' | 'vmap' | 'auto' (the measured default of the backend)
     config.eval.baselines = "random"  # comma-separated extra rows: 'random' (real subset, same IPC), 'whole'
     # Knowledge-distillation evaluation, DESIGN §4.5: KD students beside the plain networks.
@@ -275,6 +277,15 @@ def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.Conf
 def _validate_eval(eval_config: ml_collections.ConfigDict, info) -> None:
     for arch in split_names(eval_config.archs, key="eval.archs"):
         models.check_input_shape(arch, info.image_shape, info.num_classes)
+    require(
+        is_int(eval_config.test_size) and eval_config.test_size >= 0,
+        f"eval.test_size={eval_config.test_size!r} must be an integer ≥ 0 (0 = the whole test set).",
+    )
+    require(
+        eval_config.test_size == 0 or eval_config.test_size >= info.num_classes,
+        f"eval.test_size={eval_config.test_size} is below the {info.num_classes} classes: keep ≥ 1 image "
+        "per class, or 0 for the whole test set.",
+    )
     for name in ("num_nets", "epochs", "batch_size", "test_batch_size"):
         value = eval_config[name]
         require(is_int(value) and value >= 1, f"eval.{name}={value!r} must be an integer ≥ 1.")

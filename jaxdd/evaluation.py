@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -18,7 +19,7 @@ import numpy as np
 import optax
 
 from jaxdd import augment as dsa
-from jaxdd import sharding, training
+from jaxdd import eval_cache, sharding, training
 from jaxdd.data.real import RealData
 from jaxdd.models import get_model
 
@@ -233,10 +234,11 @@ def evaluate_archs(
     num_nets: int,
     parallel: str = "auto",
     devices: int = 1,
+    cache: tuple[Path, dict, bool] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
     """The protocol for every architecture in `archs`: {arch: {'mean', 'std', 'accs', 'seconds'}}, the
-    networks split over `devices` devices (`evaluate_model`).
+    networks split over `devices` devices (`evaluate_model`); `cache` as in `for_each_arch`.
 
     Each architecture gets its networks' keys from `fold_in(key, index)`, so adding an architecture to
     the list does not change the others' results, and two sets evaluated with the same key see the same
@@ -256,6 +258,7 @@ def evaluate_archs(
         key,
         accuracies,
         note=lambda summary: f"{num_nets} nets, {summary['seconds']:.1f} s",
+        cache=cache,
         log=log,
     )
 
@@ -268,18 +271,36 @@ def for_each_arch(
     *,
     note: Callable[[dict], str],
     label: Callable[[str], str] = str,
+    cache: tuple[Path, dict, bool] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
     """{arch: `summarize(accs, seconds, **extra)`} where `accuracies(model, fold_in(key, index))` returns
     (accs [num_nets], extra) for architecture `archs[index]`; logs one line per architecture, its
     `label(arch)`, the cell and `note(summary)`. The one loop behind plain, KD and soft-label students, so
-    all three draw their networks from the same per-architecture keys."""
+    all three draw their networks from the same per-architecture keys.
+
+    cache: (folder, tag, store) to read each architecture's summary from `jaxdd.eval_cache` under `tag`
+    plus the architecture and its networks' key (`tag` must name the set, protocol and student kind),
+    and, when `store`, to write it there (process 0 of a multi-process run; every process reads).
+    """
     results = {}
     for index, arch in enumerate(archs):
+        arch_key = jax.random.fold_in(key, index)
+        entry = None
+        if cache is not None:
+            tag = {**cache[1], "arch": label(arch), "key": np.asarray(jax.random.key_data(arch_key)).tolist()}
+            entry = eval_cache.entry_path(cache[0], tag)
+            cached = eval_cache.load(entry, tag)
+            if cached is not None:
+                results[arch] = cached
+                log(f"  {label(arch):<14} {format_cell(cached)}  (cached: {entry.name})")
+                continue
         model = get_model(arch, num_classes=real.num_classes, image_shape=real.image_shape)
         start = time.perf_counter()
-        accs, extra = accuracies(model, jax.random.fold_in(key, index))
+        accs, extra = accuracies(model, arch_key)
         results[arch] = summarize(accs, seconds=round(time.perf_counter() - start, 2), **extra)
+        if entry is not None and cache[2]:
+            eval_cache.store(entry, tag, results[arch])
         log(f"  {label(arch):<14} {format_cell(results[arch])}  ({note(results[arch])})")
     return results
 

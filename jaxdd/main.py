@@ -3,6 +3,7 @@
 python -m jaxdd.main --config=configs/default.py --workdir=runs/x [--config.ipc=1 ...]
 python -m jaxdd.main --mode=evaluate --config=configs/default.py --workdir=runs/x [--synset=PATH]
 python -m jaxdd.main --mode=table --runs=runs/a,runs/b
+python -m jaxdd.main --mode=study --config=configs/studies/<name>.py --workdir=studies/<name>
 
 Every mistake the user can fix (a bad recipe file, override, value, synthetic set, a full disk) ends the
 process with one line `jaxdd: error: ...` on stderr and exit status 2, no traceback.
@@ -20,7 +21,7 @@ from jaxdd.errors import UserError, disk_full_message, find_cause, is_disk_full
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A recipe file, configs/<recipe>.py[:ARG].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run folder: outputs, and checkpoints to resume from.")
-_MODE = flags.DEFINE_enum("mode", "distill", ["distill", "evaluate", "table"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "distill", ["distill", "evaluate", "table", "study"], "What to do.")
 _SYNSET = flags.DEFINE_string("synset", None, "--mode=evaluate: a synset.npz (default: WORKDIR/synset.npz).")
 _RUNS = flags.DEFINE_list("runs", [], "--mode=table: run folders whose eval.json to collect.")
 
@@ -64,6 +65,22 @@ def _dispatch() -> None:
         raise UserError("--config is required, e.g. --config=configs/default.py.")
     if not _WORKDIR.value:
         raise UserError("--workdir is required: the folder the run writes to, e.g. --workdir=runs/default.")
+    is_study = "variants" in _CONFIG.value and "recipe" in _CONFIG.value
+    if is_study != (_MODE.value == "study"):
+        raise UserError(
+            "--mode=study needs a study file (configs/studies/<name>.py)."
+            if not is_study
+            else "--config is a study file (configs/studies/...): run it with --mode=study."
+        )
+    if is_study:
+        from jaxdd import study
+
+        variants = list(_CONFIG.value.variants)
+        if variants:  # the cells' cache folder (a bad study is named by run_study before any work)
+            first = study.cell_config(_CONFIG.value, variants[0], 0)
+            enable_compilation_cache(first.get("compilation_cache_dir", ""))
+        study.run_study(_CONFIG.value, _WORKDIR.value)
+        return
     # before anything touches a device: JAX needs the processes joined first (a no-op when disabled)
     distributed.initialize(_CONFIG.value.get("distributed"))
     enable_compilation_cache(_CONFIG.value.get("compilation_cache_dir", ""))

@@ -8,6 +8,7 @@ multi-process run, where every process evaluates and holds the same accuracies).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import ml_collections
 
-from jaxdd import data, distributed, evaluation, kd, relabel, reporting, run_folder, synthetic
+from jaxdd import data, distributed, eval_cache, evaluation, kd, relabel, reporting, run_folder, synthetic
 from jaxdd.config import eval_protocol, split_names, validate
 from jaxdd.errors import UserError
 from jaxdd.methods import sre2l
@@ -114,7 +115,12 @@ def describe_protocol(config: ml_collections.ConfigDict) -> str:
         f"Protocol: {config.dataset}, test accuracy (%) mean ± std over {e.num_nets} networks per "
         f"architecture; "
         f"SGD lr {e.lr} momentum {e.momentum} weight decay {e.weight_decay}, batch {e.batch_size}, "
-        f"{e.epochs} epochs, lr ×0.1 at half, augmentation {e.augment!r}, seed {config.seed}.\n"
+        f"{e.epochs} epochs, lr ×0.1 at half, augmentation {e.augment!r}, seed {config.seed}"
+        + (
+            f"; reduced: a fixed stratified subset of {e.test_size} test images.\n"
+            if e.get("test_size", 0)
+            else ", full test set.\n"
+        )
     )
     if kd_enabled(config):
         k = config.kd
@@ -186,6 +192,7 @@ def _evaluate_set(name, images, labels, archs, real, key, config, protocol, work
         num_nets=config.eval.num_nets,
         parallel=config.eval.parallel,
         devices=config.get("devices", 1),
+        cache=(workdir / EVAL_CACHE_DIR, _cache_tag("plain", images, labels, config, protocol), _writer()),
         log=log,
     )
     for arch, summary in results.items():
@@ -193,6 +200,24 @@ def _evaluate_set(name, images, labels, archs, real, key, config, protocol, work
         record.update({k: summary[k] for k in ("mean", "std", "seconds")})
         _record(workdir, record)
     return results
+
+
+EVAL_CACHE_DIR = "eval_cache"
+
+
+def _writer() -> bool:
+    return distributed.is_main_process()
+
+
+def _cache_tag(kind: str, images, labels, config, protocol) -> dict:
+    """What an architecture's accuracies depend on besides the architecture and its networks' key."""
+    return {
+        "kind": kind,
+        "set": eval_cache.set_digest(images, labels),
+        "protocol": dataclasses.asdict(protocol),
+        "num_nets": config.eval.num_nets,
+        "test": {"dataset": config.dataset, "test_size": config.eval.get("test_size", 0)},
+    }
 
 
 def _evaluate_kd(name, images, labels, archs, real, key, config, protocol, workdir, log) -> dict:
@@ -227,6 +252,8 @@ def load_real(config: ml_collections.ConfigDict, log: Callable[[str], None]) -> 
     """The real dataset the config names, with a one-line report of its size and load time."""
     start = time.perf_counter()
     real = data.load(config.dataset, data_dir=config.data_dir or None)
+    if config.eval.get("test_size", 0):
+        real = data.test_subset(real, config.eval.test_size)
     log(
         f"Loaded {config.dataset}: {real.train_images.shape[0]} train / {real.test_images.shape[0]} "
         f"test images of {real.image_shape} in {time.perf_counter() - start:.1f} s"

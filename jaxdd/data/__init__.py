@@ -5,7 +5,7 @@ checks and normalises. Sources: scikit-learn's digits (offline default), MNIST/F
 CIFAR-10/100 through tensorflow-datasets, Tiny ImageNet from its official zip (a tfds builder).
 """
 
-from jaxdd.data.real import RealData, class_indices, from_arrays, sample_class_batch
+from jaxdd.data.real import RealData, class_indices, from_arrays, sample_class_batch, test_subset
 from jaxdd.data.registry import DATASETS, DatasetInfo, dataset_info, dataset_names, load
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "from_arrays",
     "load",
     "sample_class_batch",
+    "test_subset",
 ]

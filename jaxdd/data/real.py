@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxdd.errors import UserError
+
 
 @struct.dataclass
 class RealData:
@@ -135,3 +137,26 @@ def class_indices(real: RealData, label: jax.Array, key: jax.Array, batch_size: 
 def sample_class_batch(real: RealData, label: jax.Array, key: jax.Array, batch_size: int) -> jax.Array:
     """`batch_size` distinct real images of class `label`: [batch_size, H, W, C], a pure function of `key`."""
     return real.train_images[class_indices(real, label, key, batch_size)]
+
+
+def test_subset(real: RealData, size: int) -> RealData:
+    """`real` with a fixed stratified subset of `size` test images (a reduced protocol for quick looks).
+
+    Each class keeps ⌊size/C⌋ images, the first `size mod C` classes one more, chosen by a fixed
+    generator (seed 0) independent of every run seed, so all runs and variants see the same subset.
+    Raises UserError when a class has fewer test images than it must keep.
+    """
+    labels = np.asarray(real.test_labels)
+    rng = np.random.default_rng(0)
+    rows = []
+    for c in range(real.num_classes):
+        keep = size // real.num_classes + (1 if c < size % real.num_classes else 0)
+        members = np.flatnonzero(labels == c)
+        if keep > members.size:
+            raise UserError(
+                f"eval.test_size={size} needs {keep} test images of class {c} but {real.name!r} has "
+                f"{members.size}: choose eval.test_size ≤ {members.size * real.num_classes} (0 = all)."
+            )
+        rows.append(np.sort(rng.choice(members, keep, replace=False)))
+    rows = np.concatenate(rows)
+    return real.replace(test_images=real.test_images[rows], test_labels=real.test_labels[rows])
