@@ -241,6 +241,7 @@ def input_cases(tmp: Path) -> list[tuple[str, str, list[str], str]]:
             f"--workdir={tmp}/w",
         ],
     }
+    (tmp / "no_tfds").mkdir()  # an existing folder without the prepared dataset
     (tmp / "bad_idx").mkdir()
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
         (tmp / "bad_idx" / name).write_bytes(b"not gzip")

@@ -4,6 +4,7 @@ error (unknown name, bad value, impossible shape) before any data is loaded or a
 from __future__ import annotations
 
 import difflib
+import os
 
 import ml_collections
 
@@ -191,6 +192,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_keys(config, base_config())
     info = data.dataset_info(config.dataset)
     method = methods.get_method(config.method)
+    require(
+        isinstance(config.data_dir, str)
+        and (not config.data_dir or os.path.isdir(os.path.expanduser(config.data_dir))),
+        f"data_dir={config.data_dir!r} is not a folder: give the folder that holds the {config.dataset!r} "
+        "files, or '' to search the standard places (see README, Data).",
+    )
     require(
         is_int(config.ipc) and config.ipc >= 1,
         f"ipc={config.ipc!r} must be an integer ≥ 1 (images per class), e.g. --config.ipc=10.",

@@ -344,3 +344,13 @@ def test_absl_value_errors_gain_the_type_and_an_example():
     )
     assert "takes true or false" in recipe.explain_value_error(config, "flag --config.kd.enabled=maybe: y")
     assert recipe.explain_value_error(config, "flag --mode=x: not one of") is None
+
+
+def test_a_data_dir_that_is_not_a_folder_is_refused(tmp_path):
+    config = base_config()
+    config.eval.archs = ""
+    config.data_dir = str(tmp_path / "missing")
+    with pytest.raises(UserError, match=r"data_dir='.*missing' is not a folder"):
+        validate(config)
+    config.data_dir = str(tmp_path)
+    validate(config)
