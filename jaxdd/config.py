@@ -37,6 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.init = "real"  # 'real' | 'noise': how the synthetic images start
     config.iterations = 0
     config.seed = 0
+    # A validation split: `per_class` training images of every class, drawn with `seed`, held out of the
+    # data the method distils from (and its teachers train on); 0 = none.
+    config.holdout = ml_collections.ConfigDict({"per_class": 0, "seed": 0})
     # devices the classes (matching; 0 = as many as divide the classes) and the evaluation networks (0 =
     # all) are sharded over
     config.devices = 0
@@ -81,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.test_batch_size = 500
     # a fixed stratified subset of this many test images (a reduced protocol, labelled so); 0 = all
     config.eval.test_size = 0
+    # 'test', or 'validation': evaluate on the images `holdout` keeps out of the training set (for
+    # choosing a hyperparameter without looking at the test set)
+    config.eval.split = "test"
     config.eval.parallel = "auto"  # 'loop' | 'vmap' | 'auto' (the measured default of the backend)
     config.eval.baselines = "random"  # comma-separated extra rows: 'random' (real subset, same IPC), 'whole'
     # Knowledge-distillation evaluation, DESIGN §4.5: KD students beside the plain networks.
@@ -198,6 +204,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"data_dir={config.data_dir!r} is not a folder: give the folder that holds the {config.dataset!r} "
         "files, or '' to search the standard places (see README, Data).",
     )
+    held = config.holdout.per_class
+    require(
+        is_int(held) and held >= 0 and is_int(config.holdout.seed) and config.holdout.seed >= 0,
+        f"holdout={config.holdout.to_dict()!r}: per_class and seed must be integers ≥ 0 (per_class 0: none).",
+    )
+    require(
+        config.eval.split == "test" or held > 0,
+        "eval.split='validation' needs validation images: set --config.holdout.per_class, e.g. 100.",
+    )
+    require(
+        is_int(config.ipc) and held + config.ipc <= info.min_class_count,
+        f"holdout.per_class={held} leaves fewer than ipc={config.ipc} training images in the smallest "
+        f"class of {config.dataset!r} ({info.min_class_count}): hold out at most "
+        f"{info.min_class_count - config.ipc}.",
+    )
     require(
         is_int(config.ipc) and config.ipc >= 1,
         f"ipc={config.ipc!r} must be an integer ≥ 1 (images per class), e.g. --config.ipc=10.",
@@ -284,6 +305,10 @@ def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.Conf
 def _validate_eval(eval_config: ml_collections.ConfigDict, info) -> None:
     for arch in split_names(eval_config.archs, key="eval.archs"):
         models.check_input_shape(arch, info.image_shape, info.num_classes)
+    require(
+        eval_config.split in ("test", "validation"),
+        f"eval.split={eval_config.split!r} must be 'test' or 'validation' (the holdout images).",
+    )
     require(
         is_int(eval_config.test_size) and eval_config.test_size >= 0,
         f"eval.test_size={eval_config.test_size!r} must be an integer ≥ 0 (0 = the whole test set).",

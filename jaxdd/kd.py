@@ -345,9 +345,9 @@ def evaluate_archs_kd(
 
 
 def validate(kd_config: ml_collections.ConfigDict, info) -> None:
-    """UserError for a bad `kd.*` value (info: the dataset's `DatasetInfo`); nothing compiles."""
-    if not kd_config.enabled:
-        return
+    """UserError for a bad `kd.*` value (info: the dataset's `DatasetInfo`); nothing compiles. Values are
+    checked even while KD is off, so a mistake never waits unseen for the day it is switched on; the
+    teacher's fit to the dataset only when KD is on."""
     alpha, decay, floor = kd_config.alpha, kd_config.temperature_decay, kd_config.min_temperature
     require(
         is_finite_number(alpha) and 0 <= alpha <= 1,
@@ -391,6 +391,8 @@ def validate(kd_config: ml_collections.ConfigDict, info) -> None:
             f"({info.min_class_count} training images): choose --config.kd.val_per_class ≤ "
             f"{info.min_class_count}.",
         )
+    if not kd_config.enabled:
+        return  # the teacher is built only when KD is on (its shape check depends on the dataset)
     try:
         check_input_shape(kd_config.teacher, info.image_shape, info.num_classes)
     except UserError as error:

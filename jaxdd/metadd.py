@@ -37,7 +37,7 @@ import optax
 from flax import struct
 
 from jaxdd import cam, config_lists, teachers
-from jaxdd.data.real import RealData
+from jaxdd.data.real import RealData, split_name
 from jaxdd.errors import UserError, is_finite_number, is_int, require
 from jaxdd.models import get_model
 
@@ -243,4 +243,5 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
         teachers.require_cached_or_trainable(
             teachers.options_from_config(config.teachers, config.dataset), info, arch,
             flag="--config.teachers.train",
+            split=split_name(config.holdout.per_class, config.holdout.seed),
         )  # fmt: skip

@@ -117,6 +117,12 @@ def describe_protocol(config: ml_collections.ConfigDict) -> str:
         f"SGD lr {e.lr} momentum {e.momentum} weight decay {e.weight_decay}, batch {e.batch_size}, "
         f"{e.epochs} epochs, lr ×0.1 at half, augmentation {e.augment!r}, seed {config.seed}"
         + (
+            f"; on the validation split ({config.holdout.per_class} training images per class held out, "
+            f"seed {config.holdout.seed}), not the test set"
+            if e.split == "validation"
+            else ""
+        )
+        + (
             f"; reduced: a fixed stratified subset of {e.test_size} test images.\n"
             if e.get("test_size", 0)
             else ", full test set.\n"
@@ -214,6 +220,7 @@ def _cache_tag(kind: str, images, labels, config, protocol) -> dict:
     return {
         "kind": kind,
         "set": eval_cache.set_digest(images, labels),
+        "split": {"eval": config.eval.split, "holdout": config.holdout.to_dict()},
         "protocol": dataclasses.asdict(protocol),
         "num_nets": config.eval.num_nets,
         "test": {"dataset": config.dataset, "test_size": config.eval.get("test_size", 0)},
@@ -252,11 +259,16 @@ def load_real(config: ml_collections.ConfigDict, log: Callable[[str], None]) -> 
     """The real dataset the config names, with a one-line report of its size and load time."""
     start = time.perf_counter()
     real = data.load(config.dataset, data_dir=config.data_dir or None)
+    if config.holdout.per_class:
+        real, val_images, val_labels = data.hold_out(real, config.holdout.per_class, config.holdout.seed)
+        if config.eval.split == "validation":  # the test set is never looked at
+            real = real.replace(test_images=val_images, test_labels=val_labels)
     if config.eval.get("test_size", 0):
         real = data.test_subset(real, config.eval.test_size)
     log(
-        f"Loaded {config.dataset}: {real.train_images.shape[0]} train / {real.test_images.shape[0]} "
-        f"test images of {real.image_shape} in {time.perf_counter() - start:.1f} s"
+        f"Loaded {config.dataset}: {real.train_images.shape[0]} train ({real.split}) / "
+        f"{real.test_images.shape[0]} {config.eval.split} images of {real.image_shape} in "
+        f"{time.perf_counter() - start:.1f} s"
     )
     return real
 

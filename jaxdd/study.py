@@ -27,7 +27,7 @@ from pathlib import Path
 
 import ml_collections
 
-from jaxdd import checkpointing, pool, recipe, reporting, study_report
+from jaxdd import checkpointing, pool, recipe, reporting, selection, study_report
 from jaxdd.config import base_config, resolve_augment, validate
 from jaxdd.config_lists import split_ints, split_names
 from jaxdd.errors import UserError, is_int, require
@@ -68,6 +68,8 @@ def default_config() -> ml_collections.ConfigDict:
     study.shard = ""  # run only cells i, i+n, i+2n, ... of the list: 'i/n' (0-based i)
     study.report_only = False  # aggregate the finished cells; compute nothing
     study.recompute_changed = False  # set aside and recompute a finished cell whose config differs
+    # Choosing a hyperparameter without the test set (jaxdd.selection): '' = no choice to make.
+    study.select = selection.default_config()
     return study
 
 
@@ -90,7 +92,7 @@ def _flatten(tree, prefix: str = "") -> dict:
     return flat
 
 
-def _apply(config: ml_collections.ConfigDict, overrides, where: str) -> None:
+def apply_overrides(config: ml_collections.ConfigDict, overrides, where: str) -> None:
     for dotted, value in _flatten(overrides).items():
         node = config
         *parents, last = dotted.split(".")
@@ -104,12 +106,17 @@ def _apply(config: ml_collections.ConfigDict, overrides, where: str) -> None:
             raise UserError(f"{where} sets {dotted!r}, which is not a config key of the recipe.") from None
 
 
-def cell_config(study: ml_collections.ConfigDict, variant: str, seed: int) -> ml_collections.ConfigDict:
-    """The run config of one cell: recipe, study overrides, variant overrides, then the seed and the
-    study's evaluation (archs, networks, no baselines: the study compares its variants)."""
+def cell_config(
+    study: ml_collections.ConfigDict, variant: str, seed: int, extra=(), where: str = ""
+) -> ml_collections.ConfigDict:
+    """The run config of one cell: recipe, study overrides, variant overrides, `extra` overrides (a
+    selection's), then the seed and the study's evaluation (archs, networks, no baselines: the study
+    compares its variants)."""
     config = ml_collections.ConfigDict(recipe.load_recipe(study.recipe).to_dict())
-    _apply(config, study.overrides, "study.overrides")
-    _apply(config, study.variants[variant], f"study.variants[{variant!r}]")
+    apply_overrides(config, study.overrides, "study.overrides")
+    apply_overrides(config, study.variants[variant], f"study.variants[{variant!r}]")
+    if extra:
+        apply_overrides(config, extra, where)
     config.seed = seed
     config.eval.archs = ",".join(split_names(study.archs, key="study.archs"))
     config.eval.num_nets = study.num_nets
@@ -168,6 +175,8 @@ def validate_study(study: ml_collections.ConfigDict) -> dict[tuple[str, int], ml
                 raise UserError(f"study cell {cell_name(variant, seed)}: {error}") from None
             configs[(variant, seed)] = config
     _select(study, list(configs))  # a bad cell / shard is named before any work
+    if study.select.variant:
+        selection.validate(study, variants)
     return configs
 
 
@@ -215,38 +224,58 @@ def finished(config: ml_collections.ConfigDict, folder: Path) -> bool:
 
 def run_study(study: ml_collections.ConfigDict, workdir: str | Path, *, log: Callable[[str], None] = print):
     """Computes the study's missing cells (those this process is given) and writes study.json, .md, .png
-    from every finished cell. Returns the report dict (None when no seed is finished for every variant)."""
-    from jaxdd.run import run  # the run driver imports the library; a study only drives it
+    from every finished cell. Returns the report dict (None when no seed is finished for every variant).
 
+    With `study.select.variant`, the grid cells come first (scored on the validation split); the chosen
+    candidate's overrides then complete that variant's cells, which wait until the choice is made.
+    """
     configs = validate_study(study)
     workdir = Path(workdir)
-    todo = _select(study, list(configs))
-    if not study.report_only:
-        for index, (variant, seed) in enumerate(todo):
-            folder = cell_dir(workdir, variant, seed)
-            config = configs[(variant, seed)]
-            try:
-                if finished(config, folder):
-                    log(f"Study cell {cell_name(variant, seed)}: finished, kept ({folder}).")
-                    continue
-            except UserError:
-                if not study.recompute_changed:
-                    raise
-                aside = folder.with_name(f"{folder.name}.replaced")
-                shutil.rmtree(aside, ignore_errors=True)
-                folder.rename(aside)
-                log(f"Study cell {cell_name(variant, seed)}: config changed; old cell moved to {aside}.")
-            log(f"Study cell {cell_name(variant, seed)} ({index + 1}/{len(todo)} here): {folder}")
-            run(config, folder, log=log)
-    return report(study, configs, workdir, log=log)
+    chosen = None
+    if study.select.variant:
+        grid = selection.grid_configs(study)
+        grid_todo = _select(study, list(grid)) if not study.report_only else []
+        run_cells(
+            study, grid, grid_todo, lambda g, s: selection.grid_dir(workdir, g, s), log=log, what="grid"
+        )
+        chosen = selection.choose(study, grid, workdir, log=log)
+        configs = {
+            (v, s): (selection.with_choice(study, config, chosen) if v == study.select.variant else config)
+            for (v, s), config in configs.items()
+            if v != study.select.variant or chosen is not None
+        }
+    todo = _select(study, list(configs)) if not study.report_only else []
+    run_cells(study, configs, todo, lambda v, s: cell_dir(workdir, v, s), log=log, what="cell")
+    return report(study, configs, workdir, selection=chosen, log=log)
 
 
-def collect(configs: Mapping, workdir: Path) -> tuple[dict, list[str]]:
-    """accs[variant][seed][arch] = [accuracies] of the finished cells, over the seeds finished for every
-    variant (so the study stays paired), and the names of the cells still missing."""
+def run_cells(study, configs: Mapping, todo, folder_of, *, log: Callable[[str], None], what: str) -> None:
+    """Runs each cell of `todo` (keys of `configs`) in `folder_of(name, seed)` unless it is finished."""
+    from jaxdd.run import run  # the run driver imports the library; a study only drives it
+
+    for index, (name, seed) in enumerate(todo):
+        folder, config = folder_of(name, seed), configs[(name, seed)]
+        try:
+            if finished(config, folder):
+                log(f"Study {what} {cell_name(name, seed)}: finished, kept ({folder}).")
+                continue
+        except UserError:
+            if not study.recompute_changed:
+                raise
+            aside = folder.with_name(f"{folder.name}.replaced")
+            shutil.rmtree(aside, ignore_errors=True)
+            folder.rename(aside)
+            log(f"Study {what} {cell_name(name, seed)}: config changed; old one moved to {aside}.")
+        log(f"Study {what} {cell_name(name, seed)} ({index + 1}/{len(todo)} here): {folder}")
+        run(config, folder, log=log)
+
+
+def collect(configs: Mapping, folder_of: Callable[[str, int], Path]) -> tuple[dict, list[str]]:
+    """accs[variant][seed][arch] = [accuracies] of the finished cells (in `folder_of(variant, seed)`),
+    over the seeds finished for every variant (so the study stays paired), and the cells still missing."""
     done, missing = {}, []
     for (variant, seed), config in configs.items():
-        folder = cell_dir(workdir, variant, seed)
+        folder = folder_of(variant, seed)
         try:
             ok = finished(config, folder)
         except UserError:
@@ -283,9 +312,16 @@ def protocol_text(config: ml_collections.ConfigDict, recipe_iterations: int) -> 
     return text, reasons
 
 
-def report(study, configs: Mapping, workdir: Path, *, log: Callable[[str], None] = print) -> dict | None:
+def report(
+    study,
+    configs: Mapping,
+    workdir: Path,
+    *,
+    selection: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> dict | None:
     """Writes study.json, study.md and study.png from the finished cells; logs what is still missing."""
-    accs, missing = collect(configs, workdir)
+    accs, missing = collect(configs, lambda v, s: cell_dir(workdir, v, s))
     if missing:
         log(f"Study: {len(missing)} cell(s) not finished yet: {', '.join(missing)}.")
     if not any(accs.values()) or not all(accs.values()):
@@ -306,6 +342,7 @@ def report(study, configs: Mapping, workdir: Path, *, log: Callable[[str], None]
         reference=study.reference,
         protocol=protocol,
         reduced=bool(reasons),
+        selection=selection["text"] if selection else None,
         method=study.interval,
     )
     study_report.write_study(result, workdir)

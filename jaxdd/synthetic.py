@@ -146,6 +146,12 @@ def _read_npz(path: Path, where: str) -> dict[str, np.ndarray]:
             "interrupted write or copy: copy it again, or rerun the run that wrote it (it re-exports "
             "synset.npz)."
         ) from None
+    not_arrays = [name for name, value in arrays.items() if not isinstance(value, np.ndarray)]
+    if not_arrays:  # numpy hands back a member without the .npy header as raw bytes
+        raise UserError(
+            f"{where} is damaged: its member(s) {', '.join(not_arrays)} are not .npy arrays; copy it again, "
+            "or rerun the run that wrote it (it re-exports synset.npz)."
+        )
     if pickled:
         raise UserError(
             f"{where} holds object arrays ({', '.join(pickled)}), which only unpickling could read; jaxdd "

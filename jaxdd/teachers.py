@@ -43,7 +43,8 @@ VARIABLES_DIR = "variables"
 # Bump when a change to jaxdd.models or jaxdd.training alters what a network of the same name computes or
 # how it is initialised or trained: cached teachers of earlier versions are then retrained, not reused.
 MODEL_CODE_VERSION = 1
-# The part of the real data a teacher is trained on: the whole training split.
+# The part of the real data a teacher is trained on by default: the whole training split (a validation
+# hold-out leaves another, `RealData.split`).
 TRAIN_SPLIT = "train"
 Arch = str | ConvNetSpec
 
@@ -127,7 +128,9 @@ def arch_dir(directory: str, dataset: str, arch) -> Path:
     return Path(os.path.expanduser(directory)).absolute() / dataset / arch_folder_name(as_arch(arch))
 
 
-def cache_key(options: TeacherOptions, dataset: str, arch, image_shape, num_classes: int) -> dict:
+def cache_key(
+    options: TeacherOptions, dataset: str, arch, image_shape, num_classes: int, split: str = TRAIN_SPLIT
+) -> dict:
     """Everything that decides the trained network (JSON): two teachers with the same key are the same.
 
     The parameter shapes stand in for the architecture's code beside `MODEL_CODE_VERSION`; computing
@@ -138,7 +141,7 @@ def cache_key(options: TeacherOptions, dataset: str, arch, image_shape, num_clas
     shapes = jax.tree.map(lambda leaf: list(leaf.shape), _abstract_variables(model, tuple(image_shape)))
     return {
         "dataset": dataset,
-        "split": TRAIN_SPLIT,
+        "split": split,
         "arch": arch_folder_name(arch),
         "model_code_version": MODEL_CODE_VERSION,
         "parameter_shapes_sha256": _sha256(shapes),
@@ -161,14 +164,17 @@ def is_cached(folder: Path) -> bool:
     return (folder / META_FILE).is_file()
 
 
-def require_cached_or_trainable(options: TeacherOptions, info, arch, *, flag: str) -> None:
+def require_cached_or_trainable(
+    options: TeacherOptions, info, arch, *, flag: str, split: str = TRAIN_SPLIT
+) -> None:
     """UserError when the teacher is not cached and training it is disabled; `flag` names the switch.
 
-    info: the dataset's `DatasetInfo` (name, image_shape, num_classes).
+    info: the dataset's `DatasetInfo` (name, image_shape, num_classes); split: the training data's
+    `RealData.split` (what a validation hold-out leaves).
     """
     if options.train:
         return
-    key = cache_key(options, info.name, arch, info.image_shape, info.num_classes)
+    key = cache_key(options, info.name, arch, info.image_shape, info.num_classes, split)
     folder = entry_dir(options, key)
     if not is_cached(folder):
         raise UserError(
@@ -290,7 +296,7 @@ def load_or_train_teacher(
     arch = as_arch(arch)
     name = arch_folder_name(arch)
     model = get_model(arch, num_classes=real.num_classes, image_shape=real.image_shape)
-    key = cache_key(options, real.name, arch, real.image_shape, real.num_classes)
+    key = cache_key(options, real.name, arch, real.image_shape, real.num_classes, real.split)
     folder = entry_dir(options, key)
     if is_cached(folder):
         try:
@@ -332,7 +338,7 @@ def records(options: TeacherOptions, real: RealData, archs) -> dict:
     as a run used them, for the run folder (a teacher the run did not need to load is left out)."""
     out = {}
     for arch in archs:
-        key = cache_key(options, real.name, arch, real.image_shape, real.num_classes)
+        key = cache_key(options, real.name, arch, real.image_shape, real.num_classes, real.split)
         folder = entry_dir(options, key)
         if not is_cached(folder):
             continue

@@ -168,3 +168,41 @@ def test_a_key_added_to_jaxdd_later_at_its_default_keeps_a_finished_cell(finishe
             studies.finished(config, cell)
     finally:
         (cell / "config.json").write_text(json.dumps(saved))
+
+
+def test_a_setting_is_chosen_on_the_validation_split_then_reported_on_fresh_seeds(tmp_path):
+    study = tiny_study(seeds="0")
+    study.select.variant = "dm+pool"
+    study.select.grid = ml_collections.ConfigDict(
+        {
+            "mlp25": {"pool": {"custom": "main:0.75,MLP:0.25"}},
+            "mlp50": {"pool": {"custom": "main:0.5,MLP:0.5"}},
+        }
+    )
+    study.select.seeds, study.select.val_per_class = "7", 20
+    logs = []
+    result = studies.run_study(study, tmp_path, log=logs.append)
+    for name in ("mlp25", "mlp50"):
+        grid_cell = tmp_path / "select" / "cells" / name / "seed7"
+        config = json.loads((grid_cell / "config.json").read_text())
+        assert config["eval"]["split"] == "validation" and config["holdout"]["per_class"] == 20
+    # the grid loaded 10 classes x 20 held-out images as its evaluation set, never the test set
+    grid_loads = [line for line in logs if line.startswith("Loaded digits") and "validation images" in line]
+    assert len(grid_loads) == 2 and all("/ 200 validation images" in line for line in grid_loads)
+    assert all("train-minus-val20-seed0" in line for line in grid_loads)
+    chosen = json.loads((tmp_path / "selection.json").read_text())
+    assert chosen["name"] in ("mlp25", "mlp50") and chosen["archs"] == ["ConvNetD1"]  # unseen by both
+    final = json.loads((studies.cell_dir(tmp_path, "dm+pool", 0) / "config.json").read_text())
+    assert final["pool"]["custom"] == study.select.grid[chosen["name"]].pool.custom
+    assert final["eval"]["split"] == "test" and final["holdout"]["per_class"] == 0
+    assert result["selection"] == chosen["text"] and "never computed a test accuracy" in chosen["text"]
+    assert chosen["text"] in (tmp_path / "study.md").read_text()
+
+
+def test_selection_seeds_must_be_fresh(tmp_path):
+    study = tiny_study()
+    study.select.variant = "dm+pool"
+    study.select.grid = ml_collections.ConfigDict({"a": {}, "b": {"pool": {"custom": "main:0.5,MLP:0.5"}}})
+    study.select.seeds = "1,5"
+    with pytest.raises(UserError, match=r"overlaps study\.seeds"):
+        studies.run_study(study, tmp_path, log=lambda _: None)

@@ -150,3 +150,14 @@ def test_a_valid_set_in_another_order_or_dtype_loads_class_major(tmp_path):
     np.testing.assert_array_equal(loaded.labels, np.repeat(np.arange(10), 2))
     np.testing.assert_allclose(loaded.class_images(3), images[[3, 13]].astype(np.float32))
     assert extra["meta"] == {"ipc": 2} and loaded.ipc == 2
+
+
+def test_an_npz_whose_members_are_not_npy_arrays_is_named_damaged(tmp_path):
+    import zipfile
+
+    path = tmp_path / "garbage.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("images.npy", b"garbage")
+        archive.writestr("labels.npy", b"garbage")
+    with pytest.raises(UserError, match=r"garbage\.npz.*damaged.*not \.npy arrays"):
+        synthetic.load_npz(path)

@@ -5,7 +5,15 @@ checks and normalises. Sources: scikit-learn's digits (offline default), MNIST/F
 CIFAR-10/100 through tensorflow-datasets, Tiny ImageNet from its official zip (a tfds builder).
 """
 
-from jaxdd.data.real import RealData, class_indices, from_arrays, sample_class_batch, test_subset
+from jaxdd.data.real import (
+    RealData,
+    class_indices,
+    from_arrays,
+    hold_out,
+    sample_class_batch,
+    split_name,
+    test_subset,
+)
 from jaxdd.data.registry import DATASETS, DatasetInfo, dataset_info, dataset_names, load
 
 __all__ = [
@@ -16,7 +24,9 @@ __all__ = [
     "dataset_info",
     "dataset_names",
     "from_arrays",
+    "hold_out",
     "load",
     "sample_class_batch",
+    "split_name",
     "test_subset",
 ]

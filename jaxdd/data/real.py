@@ -29,6 +29,8 @@ class RealData:
       name: registry name of the dataset.
       mean, std: per-channel normalisation constants (pixel values in [0, 1] before it).
       class_names: one name per class.
+      split: which part of the dataset's training split `train_images` is ('train': all of it; see
+        `hold_out`); teachers are cached per split.
     """
 
     train_images: jax.Array
@@ -42,6 +44,7 @@ class RealData:
     std: tuple[float, ...] = struct.field(pytree_node=False)
     class_names: tuple[str, ...] = struct.field(pytree_node=False)
     max_class_count: int = struct.field(pytree_node=False)
+    split: str = struct.field(pytree_node=False, default="train")
 
     @property
     def num_classes(self) -> int:
@@ -160,3 +163,34 @@ def test_subset(real: RealData, size: int) -> RealData:
         rows.append(np.sort(rng.choice(members, keep, replace=False)))
     rows = np.concatenate(rows)
     return real.replace(test_images=real.test_images[rows], test_labels=real.test_labels[rows])
+
+
+def split_name(per_class: int, seed: int) -> str:
+    """The name of the training data left after `hold_out(real, per_class, seed)` ('train' for none)."""
+    return "train" if per_class == 0 else f"train-minus-val{per_class}-seed{seed}"
+
+
+def hold_out(real: RealData, per_class: int, seed: int) -> tuple[RealData, jax.Array, jax.Array]:
+    """(the rest, validation images [C·per_class, H, W, C], labels [C·per_class]): `per_class` training
+    images of every class, drawn by numpy's generator of `seed`, held out of the training set (stratified,
+    fixed by the seed, never touching the test set). The rest keeps the class-sorted layout and is named
+    `split_name(per_class, seed)`."""
+    labels = np.asarray(real.train_labels)
+    rng = np.random.default_rng(seed)
+    held = np.concatenate(
+        [
+            np.sort(rng.choice(np.flatnonzero(labels == c), per_class, replace=False))
+            for c in range(real.num_classes)
+        ]
+    )
+    kept = np.setdiff1d(np.arange(labels.size), held)
+    counts = np.bincount(labels[kept], minlength=real.num_classes).astype(np.int32)
+    rest = real.replace(
+        train_images=real.train_images[kept],
+        train_labels=real.train_labels[kept],
+        class_start=jnp.asarray(np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)),
+        class_count=jnp.asarray(counts),
+        max_class_count=int(counts.max()),
+        split=split_name(per_class, seed),
+    )
+    return rest, real.train_images[held], real.train_labels[held]

@@ -36,7 +36,7 @@ import ml_collections
 import optax
 
 from jaxdd import metadd, relabel, sharding, synthetic, teachers, training
-from jaxdd.data.real import RealData
+from jaxdd.data.real import RealData, split_name
 from jaxdd.errors import UserError, is_finite_number, is_int, require
 from jaxdd.methods.base import DistillState, Method
 from jaxdd.models import MODELS, uses_batch_norm
@@ -390,7 +390,11 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
     sharding.resolve_devices(config.get("devices", 0), info.num_classes)
     teachers.validate(config.teachers)
     teachers.require_cached_or_trainable(
-        teacher_options(config), info, config.model, flag="--config.teachers.train"
+        teacher_options(config),
+        info,
+        config.model,
+        flag="--config.teachers.train",
+        split=split_name(config.holdout.per_class, config.holdout.seed),
     )
 
 
