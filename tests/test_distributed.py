@@ -71,6 +71,7 @@ def _stepping_method() -> Method:
 RUN_FILES = {
     "config.json",
     "eval.json",
+    "eval_cache",
     "jaxdd.lock",
     "metrics.jsonl",
     "synset.npz",
