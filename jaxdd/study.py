@@ -166,8 +166,8 @@ def validate_study(study: ml_collections.ConfigDict) -> dict[tuple[str, int], ml
         f"study.interval={study.interval!r} is not one of {', '.join(INTERVAL_METHODS)}.",
     )
     configs = {}
-    for variant in variants:
-        for seed in seeds:
+    for seed in seeds:  # seed-major: a study stopped part-way already holds paired seeds to report
+        for variant in variants:
             config = cell_config(study, variant, seed)
             try:
                 validate(config)

@@ -89,7 +89,7 @@ def test_cells_and_shards_run_alone_and_report_only_aggregates_what_finished(tmp
     assert ran == [(1, "dm+pool")]
     ran.clear()
     studies.run_study(tiny_study(shard="1/3"), tmp_path, log=lambda _: None)
-    assert ran == [(1, "dm")]  # cells dm/0, dm/1, dm+pool/0, dm+pool/1: index 1
+    assert ran == [(0, "dm+pool")]  # seed-major cells dm/0, dm+pool/0, dm/1, dm+pool/1: index 1
     ran.clear()
     logs = []
     assert studies.run_study(tiny_study(report_only=True), tmp_path, log=logs.append) is None
