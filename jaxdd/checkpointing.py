@@ -131,6 +131,7 @@ class Checkpointer:
         *,
         allow_config_change: bool = False,
         ignored_keys: Sequence[str] = IGNORED_CONFIG_KEYS,
+        defaults: Mapping[str, Any] | None = None,
         max_step: int | None = None,
         check: Callable[[Any], None] | None = None,
         log: Callable[[str], None] = print,
@@ -143,6 +144,8 @@ class Checkpointer:
           config: the current run config (dict or ConfigDict), compared with the checkpointed one.
           allow_config_change: resume although keys outside `ignored_keys` differ (they are logged).
           ignored_keys: dotted config paths (and everything below them) that may differ.
+          defaults: {dotted key: default} of the base config; a key the checkpoint's config lacks is
+            no difference when the current config holds its default (it was added to jaxdd since).
           max_step: restore the newest step ≤ this (None: the newest step); newer steps are left alone.
           check: called on the restored state; a ValueError it raises (e.g. exploded images) makes the step
             count as unreadable, like a digest mismatch or a non-finite leaf.
@@ -175,6 +178,7 @@ class Checkpointer:
                     allow_change=allow_config_change,
                     ignored_keys=ignored_keys,
                     log=log,
+                    defaults=defaults,
                 )
                 _check_structure(self._manager.item_metadata(step).state, abstract, step, self.directory)
                 restored = self._manager.restore(
@@ -308,19 +312,27 @@ def _as_words(leaf: jax.Array) -> jax.Array:
 
 
 def config_differences(
-    old: Mapping, new: Mapping, *, ignored_keys: Sequence[str] = IGNORED_CONFIG_KEYS
+    old: Mapping,
+    new: Mapping,
+    *,
+    ignored_keys: Sequence[str] = IGNORED_CONFIG_KEYS,
+    defaults: Mapping[str, Any] | None = None,
 ) -> dict[str, tuple[Any, Any]]:
     """{dotted key: (old value, new value)} for keys that differ and are not under `ignored_keys`.
 
-    A key present on one side only shows '<absent>' on the other.
+    A key present on one side only shows '<absent>' on the other, except that a key `old` lacks whose
+    new value is its default in `defaults` ({dotted key: value}, `flatten_config` of the base config) is
+    no difference: it was added to jaxdd after `old` was written, and its default is how `old` ran.
     """
+    defaults = defaults or {}
     old_flat, new_flat = _flatten(_jsonable(old)), _flatten(_jsonable(new))
     differences = {}
     for key in sorted(old_flat.keys() | new_flat.keys()):
         if any(key == ignored or key.startswith(ignored + ".") for ignored in ignored_keys):
             continue
         before, after = old_flat.get(key, ABSENT), new_flat.get(key, ABSENT)
-        if before != after:
+        added_at_default = before == ABSENT and key in defaults and defaults[key] == after
+        if before != after and not added_at_default:
             differences[key] = (before, after)
     return differences
 
@@ -334,12 +346,14 @@ def check_config(
     allow_change: bool,
     ignored_keys: Sequence[str],
     log: Callable[[str], None],
+    defaults: Mapping[str, Any] | None = None,
 ) -> None:
-    """UserError when `saved` (a checkpoint's config) and `current` differ outside `ignored_keys`; with
-    `allow_change` the differences are logged instead."""
+    """UserError when `saved` (a checkpoint's config) and `current` differ outside `ignored_keys` (keys
+    added since, at their `defaults`, do not differ: see `config_differences`); with `allow_change` the
+    differences are logged instead."""
     if not isinstance(saved, Mapping):
         raise ValueError(f"the stored config is {type(saved).__name__}, not a JSON object")
-    differences = config_differences(saved, current, ignored_keys=ignored_keys)
+    differences = config_differences(saved, current, ignored_keys=ignored_keys, defaults=defaults)
     if not differences:
         return
     listed = ", ".join(f"{key}: {old!r} → {new!r}" for key, (old, new) in differences.items())

@@ -10,6 +10,7 @@ import ml_collections
 
 from jaxdd import (
     augment,
+    checkpointing,
     data,
     distributed,
     evaluation,
@@ -95,6 +96,12 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 BASELINES = ("random", "whole")
+
+
+def default_values() -> dict:
+    """{dotted key: JSON value} of `base_config()`: what a key missing from an older run's saved config
+    means, when the key was added to jaxdd after that run (`checkpointing.config_differences`)."""
+    return checkpointing.flatten_config(base_config())
 
 
 def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:

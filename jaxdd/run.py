@@ -30,7 +30,7 @@ from jaxdd import (
     synthetic,
     teachers,
 )
-from jaxdd.config import split_ints, validate
+from jaxdd.config import default_values, split_ints, validate
 from jaxdd.data.real import RealData
 from jaxdd.errors import UserError
 from jaxdd.methods.base import DistillState, Method
@@ -108,6 +108,7 @@ def check_resumable(
         allow_change=config.resume_with_changed_config,
         ignored_keys=resume_ignored_keys(config, method),
         log=log,
+        defaults=default_values(),
     )
     if later:
         log(
@@ -153,6 +154,7 @@ def distill(
             config.to_dict(),
             allow_config_change=config.resume_with_changed_config,
             ignored_keys=resume_ignored_keys(config, method),
+            defaults=default_values(),
             max_step=config.iterations,
             check=lambda restored_state: _require_bounded(restored_state, bound),
             log=log,

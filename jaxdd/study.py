@@ -28,7 +28,7 @@ from pathlib import Path
 import ml_collections
 
 from jaxdd import checkpointing, pool, recipe, reporting, selection, study_report
-from jaxdd.config import base_config, resolve_augment, validate
+from jaxdd.config import default_values, resolve_augment, validate
 from jaxdd.config_lists import split_ints, split_names
 from jaxdd.errors import UserError, is_int, require
 from jaxdd.models.registry import CONVNETS
@@ -204,14 +204,9 @@ def finished(config: ml_collections.ConfigDict, folder: Path) -> bool:
     if not (folder / "eval.json").is_file() or not (folder / "config.json").is_file():
         return False
     saved = json.loads((folder / "config.json").read_text())
-    differences = checkpointing.config_differences(saved, config.to_dict(), ignored_keys=CELL_IGNORED_KEYS)
-    # a key added to jaxdd after the cell ran, at its default, is the behaviour the cell ran with
-    defaults = checkpointing.flatten_config(base_config())
-    differences = {
-        key: (old, new)
-        for key, (old, new) in differences.items()
-        if not (old == checkpointing.ABSENT and key in defaults and defaults[key] == new)
-    }
+    differences = checkpointing.config_differences(
+        saved, config.to_dict(), ignored_keys=CELL_IGNORED_KEYS, defaults=default_values()
+    )
     if not differences:
         return True
     listed = ", ".join(f"{key}: {old!r} → {new!r}" for key, (old, new) in differences.items())

@@ -212,6 +212,29 @@ def test_config_differences():
     assert "checkpoint_every" in IGNORED_CONFIG_KEYS and "eval" in IGNORED_CONFIG_KEYS
 
 
+def test_a_key_added_since_at_its_default_is_no_difference():
+    # A run saved before jaxdd grew `new` ran as `new`'s default does; any other value is a difference,
+    # and a key the new config lacks is one whatever the defaults say.
+    old, defaults = {"a": 1, "gone": 5}, {"a": 1, "new": 0, "gone": 5}
+    assert config_differences(old, {"a": 1, "new": 0, "gone": 5}, defaults=defaults) == {}
+    assert config_differences(old, {"a": 1, "new": 2, "gone": 5}, defaults=defaults) == {
+        "new": ("<absent>", 2)
+    }
+    assert config_differences(old, {"a": 1, "new": 0}, defaults=defaults) == {"gone": (5, "<absent>")}
+
+
+def test_resume_accepts_a_key_added_since_at_its_default(tmp_path):
+    save_steps(tmp_path, [1])
+    grown = {**CONFIG, "added": {"per_class": 0}}
+    with Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(UserError, match=r"added\.per_class: '<absent>' → 0"):
+            ckpt.restore_latest(make_state(0), grown, log=lambda _: None)
+        _, step = ckpt.restore_latest(
+            make_state(0), grown, defaults={"added.per_class": 0}, log=lambda _: None
+        )
+    assert step == 1
+
+
 def test_a_non_finite_state_is_never_saved(tmp_path):
     nan_state = make_state(2).replace(images=make_state(2).images.at[0, 0, 0, 0].set(jnp.nan))
     with Checkpointer(tmp_path) as ckpt:
