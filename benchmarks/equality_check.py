@@ -4,7 +4,7 @@ and MetaDD plug-ins) and either saves them as the reference or compares them wit
   python benchmarks/equality_check.py --save=/tmp/jaxdd_ref      # before the refactor
   python benchmarks/equality_check.py --compare=/tmp/jaxdd_ref   # after it: max |Δ| per case
 
-Each case is the CLI on scikit-learn digits, IPC 2, a few iterations, no evaluation; the teachers
+Each case is the CLI on scikit-learn digits, IPC 1, a few iterations, no evaluation; the teachers
 (SRe2L's, MetaDD's auxiliaries) are trained into the reference folder's cache and reused. Writes
 `equality.json` and `equality.md` beside the compared sets. Exit status 1 when a case differs by more
 than `--tolerance` (1e-6, issue 17's bar).
@@ -24,7 +24,6 @@ import numpy as np
 
 COMMON = (
     "--config.dataset=digits",
-    "--config.ipc=2",
     "--config.iterations=6",
     "--config.checkpoint_every=3",
     "--config.eval.archs=",
@@ -33,14 +32,14 @@ COMMON = (
     "--config.teachers.epochs=2",
 )
 CASES = {
-    "dc": ("--config=configs/dc_digits.py",),
-    "dsa": ("--config=configs/dsa_digits.py",),
-    "dm": ("--config=configs/dm_digits.py",),
-    "sre2l": ("--config=configs/sre2l_digits.py",),
-    "dc+pool": ("--config=configs/dc_digits.py", "--config.pool.preset=main_similar"),
-    "dm+pool": ("--config=configs/dm_digits.py", "--config.pool.preset=main_similar"),
+    "dc": ("--config=configs/dc_digits.py:ipc=1",),
+    "dsa": ("--config=configs/dsa_digits.py:ipc=1",),
+    "dm": ("--config=configs/dm_digits.py:ipc=1",),
+    "sre2l": ("--config=configs/sre2l_digits.py:ipc=1",),
+    "dc+pool": ("--config=configs/dc_digits.py:ipc=1", "--config.pool.preset=main_similar"),
+    "dm+pool": ("--config=configs/dm_digits.py:ipc=1", "--config.pool.preset=main_similar"),
     "dm+metadd": (
-        "--config=configs/dm_digits.py",
+        "--config=configs/dm_digits.py:ipc=1",
         "--config.metadd.enabled=True",
         "--config.metadd.archs=ConvNet,MLP",
     ),
@@ -51,7 +50,9 @@ def distil(case: str, folder: Path, teachers: Path) -> np.ndarray:
     """Runs `case` into `folder` (fresh) and returns its synset images [N, H, W, C]."""
     shutil.rmtree(folder, ignore_errors=True)
     command = [sys.executable, "-m", "jaxdd.main", *CASES[case], *COMMON, f"--config.teachers.dir={teachers}"]
-    subprocess.run([*command, f"--workdir={folder}"], check=True, capture_output=True, text=True)
+    done = subprocess.run([*command, f"--workdir={folder}"], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{case} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     with np.load(folder / "synset.npz") as synset:
         return synset["images"]
 
