@@ -41,7 +41,7 @@ CASES = {
     "dm+metadd": (
         "--config=configs/dm_digits.py:ipc=1",
         "--config.metadd.enabled=True",
-        "--config.metadd.archs=ConvNet,MLP",
+        "--config.metadd.archs=ConvNet,ConvNetBN",
     ),
 }
 
