@@ -95,7 +95,7 @@ def test_grad_cam_of_a_hand_built_network_matches_numpy():
     variables = model.init(jax.random.key(1), x, train=False)
     labels = jnp.asarray([2, 0])
     tap = cam.feature_tap(model, (4, 4, 1))
-    assert tap == (("conv",), (4, 4, 2))
+    assert (tap.path, tap.map_shape) == (("conv",), (4, 4, 2))
 
     k, b = (np.asarray(variables["params"]["conv"][n]) for n in ("kernel", "bias"))
     w = np.asarray(variables["params"]["classifier"]["kernel"])  # [32, 3]
