@@ -32,14 +32,14 @@ COMMON = (
     "--config.teachers.epochs=2",
 )
 CASES = {
-    "dc": ("--config=configs/dc_digits.py:ipc=1",),
-    "dsa": ("--config=configs/dsa_digits.py:ipc=1",),
-    "dm": ("--config=configs/dm_digits.py:ipc=1",),
-    "sre2l": ("--config=configs/sre2l_digits.py:ipc=1",),
-    "dc+pool": ("--config=configs/dc_digits.py:ipc=1", "--config.pool.preset=main_similar"),
-    "dm+pool": ("--config=configs/dm_digits.py:ipc=1", "--config.pool.preset=main_similar"),
+    "dc": ("--config=configs/dc.py:dataset=digits,ipc=1",),
+    "dsa": ("--config=configs/dsa.py:dataset=digits,ipc=1",),
+    "dm": ("--config=configs/dm.py:dataset=digits,ipc=1",),
+    "sre2l": ("--config=configs/sre2l.py:dataset=digits,ipc=1",),
+    "dc+pool": ("--config=configs/dc.py:dataset=digits,ipc=1", "--config.pool.preset=main_similar"),
+    "dm+pool": ("--config=configs/dm.py:dataset=digits,ipc=1", "--config.pool.preset=main_similar"),
     "dm+metadd": (
-        "--config=configs/dm_digits.py:ipc=1",
+        "--config=configs/dm.py:dataset=digits,ipc=1",
         "--config.metadd.enabled=True",
         "--config.metadd.archs=ConvNet,ConvNetBN",
     ),

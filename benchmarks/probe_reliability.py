@@ -32,7 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--config=configs/dc_digits.py",
+    "--config=configs/dc.py:dataset=digits",
     "--config.ipc=1",
     "--config.iterations=2",
     "--config.model=ConvNetW32",
@@ -42,7 +42,7 @@ TINY = [
 ]
 EVAL = [
     "--mode=evaluate",
-    "--config=configs/dc_digits.py",
+    "--config=configs/dc.py:dataset=digits",
     "--config.eval.archs=MLP",
     "--config.eval.epochs=1",
 ]
@@ -200,9 +200,9 @@ def input_cases(tmp: Path) -> list[tuple[str, str, list[str], str]]:
     metadd = [*TINY, "--config.metadd.enabled=True"]
     config_cases["metadd_one_arch"] = [*metadd, "--config.metadd.archs=ConvNet", f"--workdir={tmp}/w"]
     config_cases["metadd_lambda_inf"] = [*metadd, "--config.metadd.lambda_var=inf", f"--workdir={tmp}/w"]
-    dm = ["--config=configs/dm_digits.py", "--config.eval.archs=", f"--workdir={tmp}/w"]
+    dm = ["--config=configs/dm.py:dataset=digits", "--config.eval.archs=", f"--workdir={tmp}/w"]
     config_cases["dm_lr_img_inf"] = [*dm, "--config.dm.lr_img=inf"]
-    sre2l = ["--config=configs/sre2l_digits.py", "--config.eval.archs=", f"--workdir={tmp}/w"]
+    sre2l = ["--config=configs/sre2l.py:dataset=digits", "--config.eval.archs=", f"--workdir={tmp}/w"]
     config_cases["sre2l_lr_img_inf"] = [*sre2l, "--config.sre2l.lr_img=inf"]
     config_cases["teachers_lr_inf"] = [*sre2l, "--config.teachers.lr=inf"]
     config_cases["teachers_epochs_zero"] = [*sre2l, "--config.teachers.epochs=0"]
@@ -224,18 +224,18 @@ def input_cases(tmp: Path) -> list[tuple[str, str, list[str], str]]:
     }
     data_cases = {
         "fashion_mnist_missing_data_dir": [
-            "--config=configs/dc_fashion_mnist.py",
+            "--config=configs/dc.py:dataset=fashion_mnist",
             f"--config.data_dir={tmp}/no_data",
             f"--workdir={tmp}/w",
         ],
         "cifar10_not_downloaded": [
-            "--config=configs/dc_cifar10.py",
+            "--config=configs/dc.py:dataset=cifar10",
             f"--config.data_dir={tmp}/no_tfds",
             "--config.eval.archs=",
             f"--workdir={tmp}/w",
         ],
         "tiny_imagenet_not_downloaded": [
-            "--config=configs/dm_tiny_imagenet.py",
+            "--config=configs/dm.py:dataset=tiny_imagenet",
             f"--config.data_dir={tmp}/no_tfds",
             "--config.eval.archs=",
             f"--workdir={tmp}/w",
@@ -248,7 +248,7 @@ def input_cases(tmp: Path) -> list[tuple[str, str, list[str], str]]:
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         (tmp / "bad_idx" / name).write_bytes(b"not gzip")
     data_cases["fashion_mnist_garbage_files"] = [
-        "--config=configs/dc_fashion_mnist.py",
+        "--config=configs/dc.py:dataset=fashion_mnist",
         f"--config.data_dir={tmp}/bad_idx",
         f"--workdir={tmp}/w",
     ]
@@ -325,7 +325,7 @@ def run_folder_cases(tmp: Path) -> list[dict]:
         argv = [*TINY, f"--workdir={w}", flag, "--config.iterations=3", "--config.checkpoint_every=1"]
         record("run folder", f"diverging_{flag.split('.')[-1]}", argv, "refuse")
     w = tmp / "diverge_dm"
-    argv = ["--config=configs/dm_digits.py", "--config.iterations=3", "--config.checkpoint_every=1"]
+    argv = ["--config=configs/dm.py:dataset=digits", "--config.iterations=3", "--config.checkpoint_every=1"]
     argv += [
         "--config.dm.lr_img=1e30",
         "--config.eval.archs=",
@@ -393,8 +393,8 @@ def probe_kills(trials: int, seed: int) -> list[dict]:
     """SIGKILL trials: DSA and DM digits runs killed at random moments and rerun until they finish."""
     tmp = Path(tempfile.mkdtemp(prefix="jaxdd_kill_"))
     recipes = {
-        "dsa": ["--config=configs/dsa_digits.py", "--config.ipc=1", "--config.model=ConvNetW32"],
-        "dm": ["--config=configs/dm_digits.py", "--config.ipc=2"],
+        "dsa": ["--config=configs/dsa.py:dataset=digits", "--config.ipc=1", "--config.model=ConvNetW32"],
+        "dm": ["--config=configs/dm.py:dataset=digits", "--config.ipc=2"],
     }
     common = ["--config.iterations=12", "--config.checkpoint_every=2", "--config.log_every=1"]
     common += ["--config.eval.archs=", "--config.compilation_cache_dir="]

@@ -97,6 +97,29 @@ def base_config() -> ml_collections.ConfigDict:
 
 BASELINES = ("random", "whole")
 
+# Keys a recipe may leave at AUTO, "the reference's value", because that value depends on keys that a
+# command line or a study may still change (the IPC): `resolve` fills them in `validate`, which every run,
+# evaluation and study cell passes before any work, so config.json records the value used.
+AUTO = 0
+RULES = {
+    # the DM readme: lr_img 10 for CIFAR-10 from IPC 100 (1 at IPC 1/10/50); CIFAR-100 keeps 1 up to 125
+    "dm.lr_img": lambda config: 10.0 if config.dataset == "cifar10" and config.ipc >= 100 else 1.0,
+}
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Fills, in place, every key of `RULES` that `config` leaves at AUTO from its rule; idempotent.
+    Returns `config`."""
+    for dotted, rule in RULES.items():
+        *parents, last = dotted.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+        value = node.get(last) if isinstance(node, ml_collections.ConfigDict) else None
+        if is_finite_number(value) and value == AUTO:
+            node[last] = rule(config)
+    return config
+
 
 def default_values() -> dict:
     """{dotted key: JSON value} of `base_config()`: what a key missing from an older run's saved config
@@ -159,7 +182,7 @@ def apply_pool_arg(
     """A pool recipe's argument 'PRESET[,key=value,...]': the first item without '=' names the pool
     preset (`default` without one), the rest goes to `apply_arg`.
 
-    configs/pool_dc_cifar10.py:main_others,ipc=1 -> pool.preset='main_others', ipc=1.
+    configs/pool_dc.py:dataset=cifar10,main_others,ipc=1 -> pool.preset='main_others', ipc=1.
     """
     items = split_names(arg or "", key="the recipe argument")
     presets = [item for item in items if "=" not in item]
@@ -201,7 +224,9 @@ def eval_protocol(eval_config: ml_collections.ConfigDict, dataset: str) -> evalu
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises `UserError` naming the first bad value and its fix; cheap (no data, no compilation)."""
+    """Fills the keys left at AUTO (`resolve`, after every override), then raises `UserError` naming the
+    first bad value and its fix; cheap (no data, no compilation)."""
+    resolve(config)
     check_keys(config, base_config())
     info = data.dataset_info(config.dataset)
     method = methods.get_method(config.method)

@@ -1,9 +1,14 @@
-"""Reading a recipe, `--config=FILE[:ARG]`, and explaining a `--config.KEY=VALUE` override that fails.
+"""Reading a recipe, `--config=FILE[:ARG]`, building one from a method family's table, and explaining a
+`--config.KEY=VALUE` override that fails.
 
 ml_collections' own loader turns a missing or unreadable file into an error raised at the first attribute
 access, and anything else (a syntax error, no `get_config`, an exception inside it) into a traceback;
 here each is one UserError naming the file or key and the fix. The launcher installs `load_recipe` as
 the --config flag's parser, so overrides keep working exactly as ml_collections applies them.
+
+A method family is one file (big_vision's `configs/bit_i1k.py`): `configs/dc.py:dataset=cifar10,ipc=10`.
+`family_config` builds its config from the family's settings and the row of its `DATASETS` table the
+argument names; `sibling` lets one recipe build on another (configs/default.py on configs/dsa.py).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 
 import ml_collections
 
+from jaxdd.config_lists import split_names
 from jaxdd.errors import UserError
 
 EXAMPLE = "configs/default.py"
@@ -42,6 +48,12 @@ def load_recipe(spec: str) -> ml_collections.ConfigDict:
         example = f"e.g. --config={inside[0]}" if inside else f"e.g. --config={EXAMPLE}"
         raise UserError(f"{flag}: {path_text!r} is a folder; name a recipe file (.py) in it, {example}.")
     if not path.is_file():
+        moved = _family_form(path, arg)
+        if moved:
+            raise UserError(
+                f"{flag}: there is no file {path_text!r}: the recipes are one file per method family now, "
+                f"with the dataset in the argument: --config={moved}."
+            )
         closest = _closest(path)
         raise UserError(
             f"{flag}: there is no file {path_text!r} (relative paths start at {os.getcwd()}): name a recipe "
@@ -72,19 +84,32 @@ def load_recipe(spec: str) -> ml_collections.ConfigDict:
     return config
 
 
+def _family_form(path: Path, arg: str) -> str | None:
+    """'configs/dc.py:dataset=cifar10,ipc=10' for `path` configs/dc_cifar10.py and `arg` 'ipc=10': the
+    family form of a per-dataset recipe that the family files replaced (None: `path` is no such name)."""
+    from jaxdd.data import DATASETS  # only on this error path: the registry's names
+
+    families = sorted((p.stem for p in path.parent.glob("*.py")), key=len, reverse=True)
+    for family in families:
+        dataset = path.stem.removeprefix(f"{family}_")
+        if dataset != path.stem and dataset in DATASETS:
+            return f"{path.parent / family}.py:dataset={dataset}" + (f",{arg}" if arg else "")
+    return None
+
+
 def _closest(path: Path) -> str | None:
-    """The recipe beside `path` whose name is closest to its name, e.g. configs/dsa_digits.py."""
+    """The recipe beside `path` whose name is closest to its name, e.g. configs/dsa.py."""
     folder = path.parent if path.parent.is_dir() else Path("configs")
     names = [p.name for p in folder.glob("*.py")] if folder.is_dir() else []
     match = difflib.get_close_matches(path.name, names, n=1)
     return str(folder / match[0]) if match else None
 
 
-def _import(path: Path, flag: str):
-    """Runs the recipe file as a module (any suffix, like ml_collections)."""
-    loader = importlib.machinery.SourceFileLoader(_MODULE_NAME, str(path))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(_MODULE_NAME, loader))
-    sys.modules[_MODULE_NAME] = module  # dataclasses and pickling look their module up there
+def _import(path: Path, flag: str, name: str = _MODULE_NAME):
+    """Runs the recipe file as module `name` (any suffix, like ml_collections)."""
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+    sys.modules[name] = module  # dataclasses and pickling look their module up there
     try:
         loader.exec_module(module)
     except SyntaxError as error:
@@ -126,6 +151,65 @@ def _describe(error: Exception, path: Path) -> str:
 
 def _same_file(filename: str, path: Path) -> bool:
     return os.path.abspath(filename) == os.path.abspath(path)
+
+
+# ---- recipe families ----
+
+# The evaluation architectures of scikit-learn's 8×8 digits, in every family: LeNet and VGG11 pool them
+# below 1×1, and ResNet18's instance norm of its last 1×1 map is zero (it stays at chance).
+DIGITS_EVAL = {"eval.archs": "ConvNet,MLP,AlexNet,ResNet18BN"}
+
+
+def family_config(
+    arg: str, settings: dict, datasets: dict, *, pool_default: str | None = None
+) -> ml_collections.ConfigDict:
+    """The config of a method family's recipe for `arg` = 'dataset=NAME[,KEY=VALUE...]': `base_config()`,
+    then the family's `settings` ({dotted key: value}), then `datasets[NAME][0]` (the dataset's own keys;
+    `datasets` is the family's table, NAME: (keys, published number)), then the argument itself
+    (`jaxdd.config.apply_arg`; with `pool_default`, `apply_pool_arg`: a bare item names the pool preset).
+
+    configs/dm.py:dataset=cifar10,ipc=1 -> DM's settings, CIFAR-10's row, dataset='cifar10', ipc=1.
+    UserError, listing the table's datasets, when the argument names none of them.
+    """
+    from jaxdd import config as config_lib  # the whole library: imported when a recipe asks for it
+
+    items = split_names(arg or "", key="the recipe argument")
+    named = [value for key, _, value in (item.partition("=") for item in items) if key.strip() == "dataset"]
+    choices = ", ".join(datasets)
+    if not named:
+        raise UserError(
+            f"the recipe argument {arg!r} names no dataset: add dataset=NAME after the colon, NAME one of "
+            f"{choices} (e.g. :dataset={next(iter(datasets))},ipc=10)."
+        )
+    if named[-1] not in datasets:
+        raise UserError(f"dataset={named[-1]!r} is not in this recipe's table; its datasets are {choices}.")
+    config = config_lib.base_config()
+    for dotted, value in {**settings, **datasets[named[-1]][0]}.items():
+        *parents, last = dotted.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        if last not in node:
+            raise KeyError(f"the family table sets {dotted!r}, which base_config() lacks")
+        node[last] = value
+    if pool_default is None:
+        return config_lib.apply_arg(config, arg)
+    return config_lib.apply_pool_arg(config, arg, default=pool_default)
+
+
+def sibling(recipe_file: str, spec: str) -> ml_collections.ConfigDict:
+    """The config of `spec` = 'NAME.py[:ARG]', a recipe in the folder of `recipe_file` (the calling
+    recipe's `__file__`): how one recipe builds on another. Unlocked, so the caller may change it."""
+    name, _, arg = spec.partition(":")
+    return sibling_module(recipe_file, name).get_config(arg)
+
+
+def sibling_module(recipe_file: str, name: str):
+    """The recipe module `name` ('dc.py') beside `recipe_file`, e.g. for its `SETTINGS` and `DATASETS`."""
+    path = Path(recipe_file).parent / name
+    if not path.is_file():
+        raise UserError(f"{recipe_file!r} builds on {str(path)!r}, which does not exist: restore it.")
+    return _import(path, f"--config={path}", name=f"{_MODULE_NAME}_{path.stem}")
 
 
 # ---- overrides ----

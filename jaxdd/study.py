@@ -28,7 +28,7 @@ from pathlib import Path
 import ml_collections
 
 from jaxdd import checkpointing, pool, recipe, reporting, selection, study_report
-from jaxdd.config import default_values, resolve_augment, validate
+from jaxdd.config import default_values, resolve, resolve_augment, validate
 from jaxdd.config_lists import split_ints, split_names
 from jaxdd.errors import UserError, is_int, require
 from jaxdd.models.registry import CONVNETS
@@ -56,7 +56,7 @@ REFERENCE_EPOCHS = {False: 300, True: 1000}  # DESIGN §5: without / with traini
 def default_config() -> ml_collections.ConfigDict:
     """The keys of a study file (`get_config()` returns this, filled in)."""
     study = ml_collections.ConfigDict()
-    study.recipe = "configs/dm_digits.py:ipc=1"  # the base recipe, FILE[:ARG]
+    study.recipe = "configs/dm.py:dataset=digits,ipc=1"  # the base recipe, FILE[:ARG]
     study.overrides = ml_collections.ConfigDict()  # applied to every cell, nested like the config
     study.variants = ml_collections.ConfigDict()  # name -> overrides (nested); {} = the recipe as it is
     study.reference = ""  # the variant differences are taken against
@@ -121,7 +121,7 @@ def cell_config(
     config.eval.archs = ",".join(split_names(study.archs, key="study.archs"))
     config.eval.num_nets = study.num_nets
     config.eval.baselines = ""
-    return config
+    return resolve(config)  # keys left at AUTO, as config.json records them (compared by `finished`)
 
 
 def seen_archs(config: ml_collections.ConfigDict, archs) -> set[str]:

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # a multiple of the 2 processes: one device of each), 2 iterations so that the second step starts from
 # the first's output, a checkpoint at the end, no evaluation.
 DISTILL = [
-    "--config=configs/dc_digits.py:ipc=1",
+    "--config=configs/dc.py:dataset=digits,ipc=1",
     "--config.iterations=2",
     "--config.gm.outer_loop=1",
     "--config.gm.inner_loop=1",

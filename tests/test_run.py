@@ -20,7 +20,7 @@ from jaxdd.methods.base import DistillState, Method
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DC = [
-    "--config=configs/dc_digits.py",
+    "--config=configs/dc.py:dataset=digits",
     "--config.ipc=1",
     "--config.iterations=8",
     "--config.checkpoint_every=1",

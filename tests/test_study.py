@@ -21,7 +21,7 @@ TINY = ROOT / "configs" / "studies" / "tiny_digits.py"
 def tiny_study(**values) -> ml_collections.ConfigDict:
     study = load_recipe(str(TINY))
     study.unlock()
-    study.recipe = str(ROOT / "configs" / "dm_digits.py") + ":ipc=1"
+    study.recipe = str(ROOT / "configs" / "dm.py") + ":dataset=digits,ipc=1"
     study.overrides.eval.epochs = 2
     study.update(values)
     return study

@@ -13,7 +13,7 @@ from jaxdd.study import default_config
 
 def get_config():
     study = default_config()
-    study.recipe = "configs/dm_digits.py:ipc=1"
+    study.recipe = "configs/dm.py:dataset=digits,ipc=1"
     study.overrides = ml_collections.ConfigDict(
         {
             "iterations": 3,
