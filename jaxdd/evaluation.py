@@ -1,8 +1,11 @@
-"""The evaluation protocol of DC/DSA/DM (DESIGN §5) and the cross-architecture table.
+"""The evaluation protocol of DC/DSA/DM (DESIGN §5), the one student trainer and the per-architecture loop.
 
 A fresh network per (architecture, seed) is trained only on the given set with SGD (lr 0.01, momentum
 0.9, weight decay 5e-4, batch 256), 300 epochs (1000 with DSA), lr ×0.1 at half; its accuracy on the
 full test set after the last epoch is the result. N networks of an architecture give mean ± std.
+
+Plain, KD (`jaxdd.kd`) and soft-label (`jaxdd.relabel`) students differ only in their `Student`: the loss
+and the optimiser; `train_students` trains and tests any of them, `for_each_arch` runs it per architecture.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -46,6 +50,12 @@ class EvalProtocol:
     augment: str = "none"
     test_batch_size: int = 500
 
+    def augment_fn(self) -> training.AugmentFn:
+        """The per-image DSA augmentation of every training batch; None for 'none'."""
+        if self.augment == "none":
+            return None
+        return functools.partial(dsa.augment, strategy=self.augment, siamese=False)
+
 
 def protocol_optimizer(protocol: EvalProtocol, num_images: int) -> optax.GradientTransformation:
     """SGD with momentum and coupled weight decay (PyTorch semantics), lr ×0.1 from epoch ⌊epochs·decay⌋."""
@@ -58,47 +68,83 @@ def protocol_optimizer(protocol: EvalProtocol, num_images: int) -> optax.Gradien
     )
 
 
-def _augment_fn(protocol: EvalProtocol) -> training.AugmentFn:
-    if protocol.augment == "none":
-        return None
-    return functools.partial(dsa.augment, strategy=protocol.augment, siamese=False)
+def cross_entropy_loss(loss_args, logits, labels, seen, epoch) -> jax.Array:
+    """The plain student's `StudentLoss`: cross-entropy with the hard labels."""
+    return training.cross_entropy(logits, labels)
+
+
+# (loss_args pytree, logits [B,K], labels [B], images [B,H,W,C] as the student saw them, epoch) -> scalar
+StudentLoss = Callable[[Any, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Student:
+    """One kind of student network, hashable (a `jit` static argument), so equal students share programs.
+
+    `protocol` gives `epochs`, `batch_size`, `test_batch_size` and `augment_fn()` (`EvalProtocol`,
+    `relabel.RelabelProtocol`); `loss` (a `StudentLoss`) and `optimizer(protocol, num_images)` are
+    module-level functions or frozen dataclasses; the loss's arrays come traced, as `loss_args`.
+    """
+
+    model: nn.Module
+    protocol: Any
+    loss: StudentLoss = cross_entropy_loss
+    optimizer: Callable[[Any, int], optax.GradientTransformation] = protocol_optimizer
+
+
+def init_student(
+    student: Student, key: jax.Array, images: jax.Array
+) -> tuple[training.TrainState, jax.Array]:
+    """(fresh state, training key) of `train_student(key)`: its first step, for callers that run the
+    epochs one by one (`train_network_epoch`)."""
+    init_key, train_key = jax.random.split(key)
+    tx = student.optimizer(student.protocol, images.shape[0])
+    return training.init_train_state(student.model, init_key, images.shape[1:], tx), train_key
+
+
+def train_student(
+    student: Student, key: jax.Array, images: jax.Array, labels: jax.Array, loss_args=()
+) -> training.TrainState:
+    """One fresh network trained on (images [N,H,W,C], labels [N]) for the protocol's epochs."""
+    state, train_key = init_student(student, key, images)
+    loss = lambda logits, labels, seen, epoch: student.loss(loss_args, logits, labels, seen, epoch)
+    state, _ = training.train_epochs(
+        student.model, student.optimizer(student.protocol, images.shape[0]), state, images, labels,
+        train_key, epochs=student.protocol.epochs, batch_size=student.protocol.batch_size,
+        augment=student.protocol.augment_fn(), loss=loss,
+    )  # fmt: skip
+    return state
+
+
+def network_accuracy(
+    model: nn.Module, protocol, state: training.TrainState, test_images, test_labels
+) -> jax.Array:
+    """Accuracy (scalar in [0, 1]) of a trained network on (test_images [M,H,W,C], test_labels [M]),
+    in batches of `protocol.test_batch_size`."""
+    correct = training.predict_correct(
+        model, state.params, state.batch_stats, test_images, test_labels, batch_size=protocol.test_batch_size
+    )
+    return correct / test_labels.shape[0]
+
+
+def student_accuracy(student: Student, key: jax.Array, loss_args, images, labels, test_images, test_labels):
+    """`train_student`, then its accuracy (scalar) on (test_images [M,H,W,C], test_labels [M])."""
+    state = train_student(student, key, images, labels, loss_args)
+    return network_accuracy(student.model, student.protocol, state, test_images, test_labels)
 
 
 def train_network(
-    model: nn.Module,
-    protocol: EvalProtocol,
-    key: jax.Array,
-    images: jax.Array,
-    labels: jax.Array,
-    *,
-    loss: training.EpochLoss = None,
+    model: nn.Module, protocol: EvalProtocol, key: jax.Array, images: jax.Array, labels: jax.Array
 ) -> training.TrainState:
-    """One fresh network trained on (images [N,H,W,C], labels [N]) with the protocol; `loss` replaces the
-    cross-entropy (`training.train_epochs`; knowledge distillation)."""
-    state, train_key = init_network(model, protocol, key, images)
-    state, _ = training.train_epochs(
-        model,
-        protocol_optimizer(protocol, images.shape[0]),
-        state,
-        images,
-        labels,
-        train_key,
-        epochs=protocol.epochs,
-        batch_size=protocol.batch_size,
-        augment=_augment_fn(protocol),
-        loss=loss,
-    )
-    return state
+    """The plain student: one fresh network trained on (images [N,H,W,C], labels [N]) with the protocol."""
+    return train_student(Student(model, protocol), key, images, labels)
 
 
 def init_network(
     model: nn.Module, protocol: EvalProtocol, key: jax.Array, images: jax.Array
 ) -> tuple[training.TrainState, jax.Array]:
-    """(fresh state, training key) of `train_network(key)`: its first step, for callers that run the
-    epochs one by one (`train_network_epoch`)."""
-    init_key, train_key = jax.random.split(key)
-    tx = protocol_optimizer(protocol, images.shape[0])
-    return training.init_train_state(model, init_key, images.shape[1:], tx), train_key
+    """(fresh state, training key) of `train_network(key)` (`init_student` of the plain student)."""
+    return init_student(Student(model, protocol), key, images)
 
 
 def train_network_epoch(
@@ -121,32 +167,8 @@ def train_network_epoch(
         epoch_key,
         epoch_index,
         batch_size=protocol.batch_size,
-        augment=_augment_fn(protocol),
+        augment=protocol.augment_fn(),
     )
-
-
-def network_accuracy(
-    model: nn.Module, protocol: EvalProtocol, state: training.TrainState, test_images, test_labels
-) -> jax.Array:
-    """Accuracy (scalar in [0, 1]) of a trained network on (test_images [M,H,W,C], test_labels [M])."""
-    correct = training.predict_correct(
-        model, state.params, state.batch_stats, test_images, test_labels, batch_size=protocol.test_batch_size
-    )
-    return correct / test_labels.shape[0]
-
-
-def train_and_test(
-    model: nn.Module,
-    protocol: EvalProtocol,
-    key: jax.Array,
-    images: jax.Array,
-    labels: jax.Array,
-    test_images: jax.Array,
-    test_labels: jax.Array,
-) -> jax.Array:
-    """Trains one fresh network on (images [N,H,W,C], labels [N]); returns its test accuracy (scalar)."""
-    state = train_network(model, protocol, key, images, labels)
-    return network_accuracy(model, protocol, state, test_images, test_labels)
 
 
 def resolve_parallelism(parallel: str, backend: str | None = None) -> str:
@@ -159,7 +181,7 @@ def resolve_parallelism(parallel: str, backend: str | None = None) -> str:
 def network_block(one: Callable, mode: str, devices: int) -> Callable:
     """(keys [n, 2], *shared) -> [n]: `one(key, *shared)` (a scalar) for every key, the keys split over
     `devices` devices (`sharding.over_net_shards`). Per device, 'vmap' trains its block as one batched
-    computation; 'loop' takes exactly one key per device and call (`run_networks` calls it in rounds)."""
+    computation; 'loop' takes exactly one key per device and call (`train_students` calls it in rounds)."""
     if mode == "vmap":
         per_device = lambda keys, *shared: jax.vmap(lambda key: one(key, *shared))(keys)
     else:
@@ -167,28 +189,44 @@ def network_block(one: Callable, mode: str, devices: int) -> Callable:
     return sharding.over_net_shards(per_device, devices)
 
 
-def run_networks(block: Callable, keys: jax.Array, *, parallel: str, devices: int) -> np.ndarray:
-    """block(mode, devices, keys [n, 2]) -> [n] (a jitted `network_block`) over all `keys` [N, 2]: the [N]
-    results, with `parallel` (`resolve_parallelism`) and `devices` (`sharding.resolve_net_devices`)
-    resolved here for every kind of network the evaluation trains.
+# Compiled once per (student, mode, devices, data shapes) for the whole process: the random-real baseline,
+# a second evaluation of the same shapes and every τ of a KD search reuse the programs.
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _accuracy_block(student, mode, devices, keys, *shared):
+    """shared: (loss_args, images, labels, test_images, test_labels)."""
+    return network_block(functools.partial(student_accuracy, student), mode, devices)(keys, *shared)
 
-    The keys are padded to a multiple of the device count (`sharding.pad_rows`; the padding's results are
-    dropped) and passed whole ('vmap') or one per device at a time ('loop'), so network i is always
-    trained from keys[i] and its result does not depend on the device count.
+
+def train_students(
+    student: Student,
+    keys: jax.Array,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    test: tuple[jax.Array, jax.Array],
+    loss_args=(),
+    parallel: str = "auto",
+    devices: int = 1,
+) -> np.ndarray:
+    """Test accuracies [N] of N fresh students, one per key in `keys` [N, 2], trained on (images
+    [N,H,W,C], labels [N]) and tested on `test` (images [M,H,W,C], labels [M]), on `devices` devices (0:
+    all visible; `sharding.resolve_net_devices`). The one trainer of plain, KD and soft-label students.
+
+    'vmap' (`resolve_parallelism`) trains a device's networks as one batched computation, 'loop' one
+    network per device at a time; each compiles one program. The keys are padded to a multiple of the
+    device count (`sharding.pad_rows`; the padding's results are dropped), so network i is always trained
+    from keys[i]: results agree up to float reassociation and do not depend on the device count.
     """
     mode = resolve_parallelism(parallel)
     devices = sharding.resolve_net_devices(devices)
     padded = sharding.pad_rows(keys, devices)
     size = devices if mode == "loop" else padded.shape[0]
-    blocks = [block(mode, devices, padded[start : start + size]) for start in range(0, padded.shape[0], size)]
+    shared = (loss_args, images, labels, *test)
+    blocks = [
+        _accuracy_block(student, mode, devices, padded[start : start + size], *shared)
+        for start in range(0, padded.shape[0], size)
+    ]
     return np.concatenate([np.asarray(b) for b in blocks])[: keys.shape[0]]
-
-
-# Compiled once per (model, protocol, mode, devices, data shapes) for the whole process: the random-real
-# baseline and a second evaluation of the same shapes reuse the programs.
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _train_and_test_block(model, protocol, mode, devices, keys, *data):
-    return network_block(functools.partial(train_and_test, model, protocol), mode, devices)(keys, *data)
 
 
 def evaluate_model(
@@ -203,18 +241,12 @@ def evaluate_model(
     parallel: str = "auto",
     devices: int = 1,
 ) -> np.ndarray:
-    """Test accuracies [N] of N fresh networks, one per key in `keys` [N, 2], on `devices` devices (0: all
-    visible; `sharding.resolve_net_devices`).
-
-    Each mode compiles one program; 'vmap' trains a device's networks as one batched computation, 'loop'
-    trains one network per device at a time. Results agree up to float reassociation and do not depend on
-    the device count.
-    """
-    data = (images, labels, test_images, test_labels)
-    block = lambda mode, devices, block_keys: _train_and_test_block(
-        model, protocol, mode, devices, block_keys, *data
-    )
-    return run_networks(block, keys, parallel=parallel, devices=devices)
+    """Test accuracies [N] of N plain networks (cross-entropy, the protocol's SGD), one per key in `keys`
+    [N, 2] (`train_students`)."""
+    return train_students(
+        Student(model, protocol), keys, images, labels, test=(test_images, test_labels),
+        parallel=parallel, devices=devices,
+    )  # fmt: skip
 
 
 def summarize(accs: Sequence[float], **extra) -> dict:
@@ -308,14 +340,3 @@ def for_each_arch(
 def format_cell(summary: dict) -> str:
     """'mean ± std' in percent with one decimal, as published tables print it."""
     return f"{100 * summary['mean']:.1f} ± {100 * summary['std']:.1f}"
-
-
-def markdown_table(rows: dict[str, dict[str, dict]], archs: Sequence[str]) -> str:
-    """A cross-architecture table: one row per evaluated set, one column per architecture."""
-    header = "| set | " + " | ".join(archs) + " |"
-    rule = "|---|" + "---|" * len(archs)
-    lines = [header, rule]
-    for name, results in rows.items():
-        cells = [format_cell(results[a]) if a in results else "–" for a in archs]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"

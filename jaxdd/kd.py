@@ -19,7 +19,6 @@ starts from the initialisation of its plain counterpart, and α = 0 reproduces p
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable, Sequence
 
@@ -30,7 +29,7 @@ import ml_collections
 import numpy as np
 from flax import struct
 
-from jaxdd import config_lists, evaluation, training
+from jaxdd import config_lists, evaluation, losses, training
 from jaxdd.data.real import RealData, class_indices
 from jaxdd.errors import UserError, is_finite_number, is_int, require
 from jaxdd.models import check_input_shape, get_model
@@ -91,15 +90,10 @@ def kd_loss(
 ) -> jax.Array:
     """α·τ²·KL(softmax(z_t/τ) ‖ softmax(z_s/τ)) + (1−α)·CE(z_s, y), a scalar.
 
-    student_logits, teacher_logits: [B, K]; labels [B] int. KL is summed over classes and averaged over
-    the batch (PyTorch's `kl_div(..., reduction='batchmean')`); classes where the teacher's probability
-    underflows to 0 contribute 0 (x·log x → 0), so a small τ gives no NaN.
+    student_logits, teacher_logits: [B, K]; labels [B] int. The KL is `losses.kl_divergence` (batch mean,
+    PyTorch's `reduction='batchmean'`; no NaN at a small τ).
     """
-    log_p_teacher = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
-    log_p_student = jax.nn.log_softmax(student_logits / temperature, axis=-1)
-    p_teacher = jnp.exp(log_p_teacher)
-    terms = jnp.where(p_teacher > 0, p_teacher * (log_p_teacher - log_p_student), 0.0)
-    kl = jnp.sum(terms, axis=-1).mean()
+    kl = losses.kl_divergence(student_logits, teacher_logits, temperature)
     return alpha * temperature**2 * kl + (1 - alpha) * training.cross_entropy(student_logits, labels)
 
 
@@ -109,15 +103,17 @@ def temperature_at(params: KDParams, epoch: jax.Array) -> jax.Array:
     return jnp.maximum(decayed, params.min_temperature)
 
 
-def student_loss(
-    teacher_model: nn.Module, teacher_state: training.TrainState, params: KDParams
-) -> training.EpochLoss:
-    """The student's `loss(logits, labels, images, epoch)`: `kd_loss` against the teacher's logits on
-    `images` (the batch as the student saw it), the teacher frozen in eval mode."""
+@dataclasses.dataclass(frozen=True)
+class KDLoss:
+    """The KD student's `evaluation.StudentLoss`, loss_args (teacher's `TrainState`, `KDParams`): `kd_loss`
+    against the frozen teacher's logits (eval mode) on the batch as the student saw it, at τ of the epoch."""
 
-    def loss(logits, labels, images, epoch):
+    teacher_model: nn.Module
+
+    def __call__(self, loss_args, logits, labels, images, epoch) -> jax.Array:
+        teacher_state, params = loss_args
         teacher_logits, _, _ = training.apply_model(
-            teacher_model, teacher_state.params, teacher_state.batch_stats, images, train=False
+            self.teacher_model, teacher_state.params, teacher_state.batch_stats, images, train=False
         )
         return kd_loss(
             logits,
@@ -127,67 +123,16 @@ def student_loss(
             temperature=temperature_at(params, epoch),
         )
 
-    return loss
 
-
-def train_student(
-    model: nn.Module,
-    protocol: evaluation.EvalProtocol,
-    teacher_model: nn.Module,
-    teacher_state: training.TrainState,
-    params: KDParams,
-    key: jax.Array,
-    images: jax.Array,
-    labels: jax.Array,
-) -> training.TrainState:
-    """One fresh student trained on (images [N,H,W,C], labels [N]) with the protocol and the KD loss."""
-    loss = student_loss(teacher_model, teacher_state, params)
-    return evaluation.train_network(model, protocol, key, images, labels, loss=loss)
-
-
-def student_accuracy(
-    model, protocol, teacher_model, teacher_state, params, key, images, labels, test_images, test_labels
-) -> jax.Array:
-    """`train_student`, then its accuracy (scalar) on (test_images [M,H,W,C], test_labels [M])."""
-    state = train_student(model, protocol, teacher_model, teacher_state, params, key, images, labels)
-    return evaluation.network_accuracy(model, protocol, state, test_images, test_labels)
+def student(
+    model: nn.Module, protocol: evaluation.EvalProtocol, teacher_model: nn.Module
+) -> evaluation.Student:
+    """A KD student of `model`: the plain protocol and its SGD, the loss `KDLoss(teacher_model)`."""
+    return evaluation.Student(model, protocol, KDLoss(teacher_model))
 
 
 _train_teacher = jax.jit(evaluation.train_network, static_argnums=(0, 1))
 _teacher_accuracy = jax.jit(evaluation.network_accuracy, static_argnums=(0, 1))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _student_accuracy_block(model, protocol, teacher_model, mode, devices, keys, *shared):
-    """shared: (teacher_state, params, images, labels, test_images, test_labels)."""
-    one = lambda key, teacher_state, params, *data: student_accuracy(
-        model, protocol, teacher_model, teacher_state, params, key, *data
-    )
-    return evaluation.network_block(one, mode, devices)(keys, *shared)
-
-
-def evaluate_students(
-    model: nn.Module,
-    protocol: evaluation.EvalProtocol,
-    teacher: tuple[nn.Module, training.TrainState],
-    params: KDParams,
-    keys: jax.Array,
-    images: jax.Array,
-    labels: jax.Array,
-    test_images: jax.Array,
-    test_labels: jax.Array,
-    *,
-    parallel: str = "auto",
-    devices: int = 1,
-) -> np.ndarray:
-    """Test accuracies [N] of N students, one per key in `keys` [N, 2], on `devices` devices (as
-    `evaluation.evaluate_model`)."""
-    teacher_model, teacher_state = teacher
-    shared = (teacher_state, params, images, labels, test_images, test_labels)
-    block = lambda mode, devices, block_keys: _student_accuracy_block(
-        model, protocol, teacher_model, mode, devices, block_keys, *shared
-    )
-    return evaluation.run_networks(block, keys, parallel=parallel, devices=devices)
 
 
 def validation_split(real: RealData, per_class: int, key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -242,29 +187,17 @@ def options_from_config(kd_config: ml_collections.ConfigDict) -> KDOptions:
     )
 
 
+# (keys [n, 2], τ, (test images, test labels)) -> accuracies [n] of KD students of one architecture
+TrainAtTemperature = Callable[[jax.Array, float, tuple[jax.Array, jax.Array]], np.ndarray]
+
+
 def search_temperature(
-    model: nn.Module,
-    protocol: evaluation.EvalProtocol,
-    teacher: tuple[nn.Module, training.TrainState],
-    options: KDOptions,
-    key: jax.Array,
-    images: jax.Array,
-    labels: jax.Array,
-    validation: tuple[jax.Array, jax.Array],
-    *,
-    parallel: str = "auto",
-    devices: int = 1,
+    train: TrainAtTemperature, options: KDOptions, key: jax.Array, validation: tuple[jax.Array, jax.Array]
 ) -> tuple[float, dict[str, float]]:
-    """The τ of `options.temperatures` whose students score best on `validation` (the first on a tie),
-    and the mean validation accuracy of every τ ({str(τ): accuracy}); students on `devices` devices."""
+    """The τ of `options.temperatures` whose `options.search_nets` students (keys from `key`) score best
+    on `validation` (the first on a tie), and the mean validation accuracy of every τ ({str(τ): acc})."""
     keys = jax.random.split(key, options.search_nets)
-    scores = {}
-    for temperature in options.temperatures:
-        accs = evaluate_students(
-            model, protocol, teacher, options.params(temperature), keys, images, labels, *validation,
-            parallel=parallel, devices=devices,
-        )  # fmt: skip
-        scores[str(temperature)] = float(np.mean(accs))
+    scores = {str(t): float(np.mean(train(keys, t, validation))) for t in options.temperatures}
     best = max(options.temperatures, key=lambda t: scores[str(t)])
     return best, scores
 
@@ -310,24 +243,21 @@ def evaluate_archs_kd(
     teacher_model, teacher_state, teacher_acc = train_teacher(
         options, real, images, labels, key, protocol=protocol
     )
-    teacher = (teacher_model, teacher_state)
     log(f"  KD teacher {options.teacher}: {100 * teacher_acc:.1f}% ({time.perf_counter() - start:.1f} s)")
     validation = None
     if options.temperatures:
         validation = validation_split(real, options.val_per_class, jax.random.fold_in(key, VALIDATION_STREAM))
 
     def accuracies(model, arch_key):
+        train = lambda keys, temperature, test: evaluation.train_students(
+            student(model, protocol, teacher_model), keys, images, labels, test=test,
+            loss_args=(teacher_state, options.params(temperature)), parallel=parallel, devices=devices,
+        )  # fmt: skip
         temperature, extra = options.temperature, {}
         if validation is not None:
-            temperature, scores = search_temperature(
-                model, protocol, teacher, options, jax.random.fold_in(arch_key, SEARCH_STREAM), images,
-                labels, validation, parallel=parallel, devices=devices,
-            )  # fmt: skip
-            extra["search"] = scores
-        accs = evaluate_students(
-            model, protocol, teacher, options.params(temperature), jax.random.split(arch_key, num_nets),
-            images, labels, real.test_images, real.test_labels, parallel=parallel, devices=devices,
-        )  # fmt: skip
+            search_key = jax.random.fold_in(arch_key, SEARCH_STREAM)
+            temperature, extra["search"] = search_temperature(train, options, search_key, validation)
+        accs = train(jax.random.split(arch_key, num_nets), temperature, (real.test_images, real.test_labels))
         extra.update(
             temperature=temperature, alpha=options.alpha, teacher=options.teacher, teacher_acc=teacher_acc
         )

@@ -52,8 +52,9 @@ def _dispatch() -> None:
     # Imported here so that --help answers at once.
     from jaxdd import distributed
     from jaxdd.config_lists import split_names
-    from jaxdd.results import collect_table, evaluate_existing
+    from jaxdd.results import collect_table
     from jaxdd.run import run
+    from jaxdd.run_eval import evaluate_existing
 
     if _MODE.value == "table":
         runs = split_names(",".join(_RUNS.value), key="--runs")  # absl split "(a,b)" into "(a" and "b)"

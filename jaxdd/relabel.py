@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdd import evaluation, training
+from jaxdd import evaluation, losses, training
 from jaxdd.data.real import RealData
 from jaxdd.resized_crop import random_resized_crop_flip
 
@@ -47,17 +47,9 @@ class RelabelProtocol:
     min_crop_scale: float = 0.08
     test_batch_size: int = 500
 
-
-def soft_label_loss(student_logits: jax.Array, teacher_logits: jax.Array, temperature) -> jax.Array:
-    """KL(softmax(z_t/T) ‖ softmax(z_s/T)) summed over classes, averaged over the batch; logits [B, K].
-
-    Classes where the teacher's probability underflows to 0 contribute 0 (x·log x → 0).
-    """
-    log_p_teacher = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
-    log_p_student = jax.nn.log_softmax(student_logits / temperature, axis=-1)
-    p_teacher = jnp.exp(log_p_teacher)
-    terms = jnp.where(p_teacher > 0, p_teacher * (log_p_teacher - log_p_student), 0.0)
-    return jnp.sum(terms, axis=-1).mean()
+    def augment_fn(self) -> training.AugmentFn:
+        """Per-image random resized crop + flip of every training batch (the views the teacher labels)."""
+        return functools.partial(random_resized_crop_flip, min_scale=self.min_crop_scale)
 
 
 def student_optimizer(protocol: RelabelProtocol, num_images: int) -> optax.GradientTransformation:
@@ -66,49 +58,24 @@ def student_optimizer(protocol: RelabelProtocol, num_images: int) -> optax.Gradi
     return optax.adamw(optax.cosine_decay_schedule(protocol.lr, steps), weight_decay=protocol.weight_decay)
 
 
-def train_student(
-    model: nn.Module,
-    protocol: RelabelProtocol,
-    teacher_model: nn.Module,
-    teacher_variables: dict,
-    key: jax.Array,
-    images: jax.Array,
-) -> training.TrainState:
-    """A fresh student trained on images [N, H, W, C] with the teacher's soft labels of each view."""
-    init_key, train_key = jax.random.split(key)
-    tx = student_optimizer(protocol, images.shape[0])
-    state = training.init_train_state(model, init_key, images.shape[1:], tx)
-    views = functools.partial(random_resized_crop_flip, min_scale=protocol.min_crop_scale)
+@dataclasses.dataclass(frozen=True)
+class SoftLabelLoss:
+    """The soft-label student's `evaluation.StudentLoss`, loss_args the teacher's variables: KL at
+    `temperature` from the frozen teacher's prediction (eval mode) on the view the student saw."""
 
-    def loss(logits, labels, seen, epoch):
-        teacher_logits, _ = teacher_model.apply(teacher_variables, seen, train=False)
-        return soft_label_loss(logits, jax.lax.stop_gradient(teacher_logits), protocol.temperature)
+    teacher_model: nn.Module
+    temperature: float
 
-    labels = jnp.zeros(images.shape[:1], jnp.int32)  # unused: the soft labels replace them
-    state, _ = training.train_epochs(
-        model, tx, state, images, labels, train_key,
-        epochs=protocol.epochs, batch_size=protocol.batch_size, augment=views, loss=loss,
-    )  # fmt: skip
-    return state
+    def __call__(self, teacher_variables, logits, labels, seen, epoch) -> jax.Array:
+        teacher_logits, _ = self.teacher_model.apply(teacher_variables, seen, train=False)
+        return losses.kl_divergence(logits, jax.lax.stop_gradient(teacher_logits), self.temperature)
 
 
-def student_accuracy(
-    model, protocol, teacher_model, teacher_variables, key, images, test_images, test_labels
-) -> jax.Array:
-    """`train_student`, then its accuracy (scalar) on (test_images [M,H,W,C], test_labels [M])."""
-    state = train_student(model, protocol, teacher_model, teacher_variables, key, images)
-    correct = training.predict_correct(
-        model, state.params, state.batch_stats, test_images, test_labels, batch_size=protocol.test_batch_size
+def student(model: nn.Module, protocol: RelabelProtocol, teacher_model: nn.Module) -> evaluation.Student:
+    """A soft-label student of `model`: `SoftLabelLoss` at the protocol's T, AdamW (`student_optimizer`)."""
+    return evaluation.Student(
+        model, protocol, SoftLabelLoss(teacher_model, protocol.temperature), student_optimizer
     )
-    return correct / test_labels.shape[0]
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _student_accuracy_block(model, protocol, teacher_model, mode, devices, keys, teacher_variables, *data):
-    one = lambda key, teacher_variables, *data: student_accuracy(
-        model, protocol, teacher_model, teacher_variables, key, *data
-    )
-    return evaluation.network_block(one, mode, devices)(keys, teacher_variables, *data)
 
 
 def evaluate_archs_soft(
@@ -126,16 +93,16 @@ def evaluate_archs_soft(
 ) -> dict[str, dict]:
     """Soft-label students of every architecture: {arch: {'mean', 'std', 'accs', 'seconds',
     'temperature'}}; architecture i's students use `split(fold_in(key, i), num_nets)`, split over
-    `devices` devices (as `evaluation.evaluate_model`)."""
+    `devices` devices (`evaluation.train_students`)."""
     teacher_model, teacher_variables = teacher
-    shared = (teacher_variables, images, real.test_images, real.test_labels)
+    labels = jnp.zeros(images.shape[:1], jnp.int32)  # unused: the soft labels replace them
 
     def accuracies(model, arch_key):
-        block = lambda mode, net_devices, block_keys: _student_accuracy_block(
-            model, protocol, teacher_model, mode, net_devices, block_keys, *shared
-        )
-        keys = jax.random.split(arch_key, num_nets)
-        accs = evaluation.run_networks(block, keys, parallel=parallel, devices=devices)
+        accs = evaluation.train_students(
+            student(model, protocol, teacher_model), jax.random.split(arch_key, num_nets), images, labels,
+            test=(real.test_images, real.test_labels), loss_args=teacher_variables, parallel=parallel,
+            devices=devices,
+        )  # fmt: skip
         return accs, {"temperature": protocol.temperature}
 
     return evaluation.for_each_arch(

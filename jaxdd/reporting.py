@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -45,16 +46,88 @@ def image_grid(images: np.ndarray, num_rows: int, *, padding: int = 1) -> np.nda
     return grid
 
 
-def save_image_grid(path: str | Path, images, *, num_rows: int, mean, std, min_cell: int = 32) -> None:
-    """Saves a denormalised grid of normalised images [N,H,W,C] as PNG, one row per class.
+def enlarge(pixels: np.ndarray, min_size: int) -> tuple[np.ndarray, int]:
+    """(pixels [N,H·s,W·s,C], s): nearest-neighbour enlargement by the smallest integer s with H·s ≥
+    `min_size` (s = 1 for images already that large)."""
+    scale = max(1, -(-min_size // pixels.shape[1]))
+    return pixels.repeat(scale, axis=1).repeat(scale, axis=2), scale
 
-    Small images are enlarged (nearest neighbour) so that a cell is at least `min_cell` pixels high.
+
+def short_name(name: str, *, max_chars: int = 20) -> str:
+    """A class name fit for a row label: its first comma-separated part (Tiny-ImageNet's WordNet names
+    list synonyms: 'goldfish, Carassius auratus'), cut to `max_chars` with an ellipsis."""
+    name = name.split(",")[0].strip()
+    return name if len(name) <= max_chars else name[: max_chars - 1] + "…"
+
+
+def picture_caption(
+    *, num_classes: int, shown: int, ipc: int, image_hw: tuple[int, int], scale: int
+) -> list[str]:
+    """synset.png's lines under its title: what a row is and, when the rows were capped, how many show."""
+    size = f"{image_hw[0]}×{image_hw[1]} px" + (f", enlarged ×{scale}" if scale > 1 else "")
+    lines = [f"one row per class, {ipc} image{'s' if ipc > 1 else ''} each ({size})"]
+    if shown < num_classes:
+        lines.append(f"showing the first {shown} of {num_classes} classes (synset.npz holds all of them)")
+    return lines
+
+
+def synset_picture(
+    images,
+    *,
+    class_names: tuple[str, ...],
+    mean,
+    std,
+    title: str = "",
+    max_rows: int = 20,
+    min_cell: int = 64,
+    padding: int = 2,
+) -> np.ndarray:
+    """synset.png's pixels, [height, width, 3] uint8: `title` and a caption, then one row per class,
+    its name and its images (denormalised, enlarged to at least `min_cell` px), for at most `max_rows`
+    classes (the first ones; the caption says so).
+
+    images: [num_classes·ipc, H, W, C] normalised with `mean`/`std`, class-major (`SyntheticSet`).
     """
-    pixels = denormalise(images, mean, std)
-    scale = max(1, -(-min_cell // pixels.shape[1]))
-    pixels = pixels.repeat(scale, axis=1).repeat(scale, axis=2)
-    grid = (image_grid(pixels, num_rows) * 255).round().astype(np.uint8)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    images = np.asarray(images)
+    num_classes = len(class_names)
+    ipc = len(images) // num_classes
+    shown = min(num_classes, max_rows)
+    pixels, scale = enlarge(denormalise(images[: shown * ipc], mean, std), min_cell)
+    if pixels.shape[-1] == 1:
+        pixels = pixels.repeat(3, axis=-1)
+    grid = (image_grid(pixels, shown, padding=padding) * 255).round().astype(np.uint8)
+    names = [short_name(name) for name in class_names[:shown]]
+    lines = [title] if title else []
+    lines += picture_caption(
+        num_classes=num_classes, shown=shown, ipc=ipc, image_hw=images.shape[1:3], scale=scale
+    )
+    font, margin, line_height = _font(13), 8, 18
+    label_width = int(max(font.getlength(name) for name in names)) + 2 * margin
+    header = margin + line_height * len(lines)
+    text_width = int(max(font.getlength(line) for line in lines)) + 2 * margin
+    canvas = Image.new("RGB", (max(label_width + grid.shape[1], text_width), header + grid.shape[0]), "white")
+    canvas.paste(Image.fromarray(grid), (label_width, header))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((margin, margin + i * line_height), line, fill="black", font=font)
+    cell = pixels.shape[1]
+    for row, name in enumerate(names):
+        middle = header + padding + row * (cell + padding) + cell // 2
+        draw.text((label_width - margin, middle), name, fill="black", font=font, anchor="rm")
+    return np.asarray(canvas)
+
+
+def save_png(path: str | Path, pixels: np.ndarray) -> None:
+    """Saves [H, W, 3] (or [H, W]) uint8 pixels as a PNG."""
+    Image.fromarray(pixels).save(path)
+
+
+@functools.cache
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans, which matplotlib (a dependency) ships, so labels look the same on every machine."""
+    import matplotlib
+
+    return ImageFont.truetype(str(Path(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")), size)
 
 
 def format_seconds(seconds: float) -> str:
@@ -111,11 +184,29 @@ def _is_step_after(record: dict, step: int) -> bool:
     return isinstance(value, int | float) and value > step
 
 
+def shown_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics a progress line prints, 'loss' first: all but those that say nothing in this run.
+
+    'images' is printed as img/s; 'loss_first'/'loss_last' only when they differ from 'loss' (with one
+    match an iteration, gradient matching at outer_loop 1, i.e. IPC 1, all three are one number);
+    'inner_ce' only when it is not 0 (0: no network was trained within the iteration, outer_loop 1
+    again). metrics.jsonl keeps every metric.
+    """
+    hidden = {"images"}
+    if "loss_first" in metrics and metrics["loss_first"] == metrics.get("loss_last") == metrics.get("loss"):
+        hidden |= {"loss_first", "loss_last"}
+    if metrics.get("inner_ce") == 0:
+        hidden.add("inner_ce")
+    ordered = sorted(metrics.items(), key=lambda item: item[0] != "loss")  # stable: the rest keep order
+    return {name: value for name, value in ordered if name not in hidden}
+
+
 class Progress:
     """Turns (step, metrics) into one progress line: iteration, metrics, it/s, images/s, ETA.
 
     The rate is measured from the first reported step on, so compilation does not distort it. A
-    metric named 'images' (images pushed through networks per step) gives images/s.
+    metric named 'images' (images pushed through networks per step) gives images/s; `shown_metrics`
+    picks the metrics printed.
     """
 
     def __init__(self, *, total: int, unit: str = "iter"):
@@ -125,7 +216,7 @@ class Progress:
 
     def line(self, step: int, metrics: dict) -> str:
         now = time.perf_counter()
-        shown = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "images")
+        shown = " | ".join(f"{k} {v:.4g}" for k, v in shown_metrics(metrics).items())
         text = f"{self.unit} {step}/{self.total} | {shown}"
         if self._origin is None:
             self._origin = (now, step)

@@ -2,8 +2,8 @@
 
 No math here: the method's jitted step does the work; this loop decides when to fetch metrics, log,
 checkpoint and evaluate. Files (DESIGN §1): config.json, metrics.jsonl, checkpoints/, synset.npz,
-synset.png, loss.png, eval.json, baselines.json, table.md. In a multi-process run every process computes
-and checkpoints (Orbax coordinates them) but only process 0 writes the other files
+synset_nchw.npz, synset.png, loss.png, eval.json, baselines.json, table.md. In a multi-process run every
+process computes and checkpoints (Orbax coordinates them) but only process 0 writes the other files
 (`distributed.is_main_process`).
 """
 
@@ -25,7 +25,7 @@ from jaxdd import (
     metadd,
     methods,
     reporting,
-    results,
+    run_eval,
     run_folder,
     synthetic,
     teachers,
@@ -33,6 +33,7 @@ from jaxdd import (
 from jaxdd.config import default_values, split_ints, validate
 from jaxdd.data.real import RealData
 from jaxdd.errors import UserError
+from jaxdd.export import NCHW_FILE, save_nchw
 from jaxdd.methods.base import DistillState, Method
 from jaxdd.seeding import purpose_key
 
@@ -53,7 +54,7 @@ def run(
         method = methods.get_method(config.method)
         if method.make_step is not None and config.iterations > 0:
             check_resumable(config, method, workdir / "checkpoints", log=log)
-        real = results.load_real(config, log)
+        real = run_eval.load_real(config, log)
         state = method.init(config, real, purpose_key(config.seed, "distill"))
         if method.make_step is not None and config.iterations > 0:
             state = distill(config, method, real, state, workdir, log=log)
@@ -63,7 +64,7 @@ def run(
             _record_teachers(config, method, real, workdir)
             reporting.write_json(workdir / "config.json", config.to_dict())
             export(config, real, synset, workdir, log=log)
-        return results.evaluate_synset(config, real, synset, workdir, log=log)
+        return run_eval.evaluate_synset(config, real, synset, workdir, log=log)
 
 
 def resume_ignored_keys(config: ml_collections.ConfigDict, method: Method) -> tuple[str, ...]:
@@ -188,7 +189,7 @@ def distill(
                 last_saved = done
             if done in eval_at and done != config.iterations:
                 synset = jax.device_get(state.synset)
-                results.evaluate_during_run(config, real, synset, workdir, iteration=done, log=log)
+                run_eval.evaluate_during_run(config, real, synset, workdir, iteration=done, log=log)
     finally:
         checkpointer.close()
     return state
@@ -290,12 +291,27 @@ def export(
     *,
     log: Callable[[str], None] = print,
 ) -> None:
-    """Writes synset.npz, synset.png and, when metrics exist, the loss curve loss.png."""
+    """Writes synset.npz, its PyTorch layout synset_nchw.npz (`jaxdd.export`), synset.png and, when
+    metrics exist, the loss curve loss.png."""
     meta = {"dataset": config.dataset, "ipc": config.ipc, "method": config.method, "seed": config.seed}
     synthetic.save_npz(workdir / "synset.npz", synset, mean=real.mean, std=real.std, meta=meta)
-    reporting.save_image_grid(
-        workdir / "synset.png", synset.images, num_rows=real.num_classes, mean=real.mean, std=real.std
+    save_nchw(
+        workdir / NCHW_FILE,
+        synset.images,
+        synset.labels,
+        mean=real.mean,
+        std=real.std,
+        class_names=real.class_names,
+        meta=meta,
     )
+    title = f"{config.method} on {config.dataset}, IPC {config.ipc}, seed {config.seed}"
+    picture = reporting.synset_picture(
+        synset.images, class_names=real.class_names, mean=real.mean, std=real.std, title=title
+    )
+    reporting.save_png(workdir / "synset.png", picture)
     curve = reporting.save_loss_curve(workdir / "metrics.jsonl", workdir / "loss.png")
     extra = ", loss.png" if curve else ""
-    log(f"Wrote {workdir / 'synset.npz'} ({synset.images.shape[0]} images), synset.png{extra}")
+    log(
+        f"Wrote {workdir / 'synset.npz'} ({synset.images.shape[0]} images), {NCHW_FILE} (for "
+        f"PyTorch: docs/export.md), synset.png{extra}"
+    )

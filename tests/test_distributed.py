@@ -76,6 +76,7 @@ RUN_FILES = {
     "metrics.jsonl",
     "synset.npz",
     "synset.png",
+    "synset_nchw.npz",
     "table.md",
 }
 

@@ -1,4 +1,4 @@
-"""The evaluation protocol: learns an easy task, N distinct networks, loop = vmap, the table format."""
+"""The evaluation protocol: learns an easy task, N distinct networks, loop = vmap, one program per student."""
 
 import jax
 import numpy as np
@@ -60,15 +60,20 @@ def test_resolve_parallelism(parallel, backend, expected):
     assert evaluation.resolve_parallelism(parallel, backend) == expected
 
 
-def test_markdown_table_prints_percent_mean_and_std():
-    rows = {
-        "dc": {"ConvNet": evaluation.summarize([0.5, 0.7])},
-        "random": {"MLP": evaluation.summarize([0.25])},
-    }
-    table = evaluation.markdown_table(rows, ["ConvNet", "MLP"])
-    assert table.splitlines() == [
-        "| set | ConvNet | MLP |",
-        "|---|---|---|",
-        "| dc | 60.0 ± 10.0 | – |",
-        "| random | – | 25.0 ± 0.0 |",
-    ]
+def test_equal_students_share_one_compiled_program():
+    """A KD τ search and a second evaluation of the same shapes reuse the program: `Student` is hashed by
+    value, not by identity."""
+    model = get_model(TINY, num_classes=3, image_shape=(8, 8, 1))
+    protocol = evaluation.EvalProtocol(epochs=1)
+    keys = jax.random.split(jax.random.PRNGKey(5), 2)
+    images, labels, test_images, test_labels = _noisy_task()
+    before = evaluation._accuracy_block._cache_size()
+    for _ in range(2):  # two distinct but equal students
+        student = evaluation.Student(get_model(TINY, num_classes=3, image_shape=(8, 8, 1)), protocol)
+        evaluation.train_students(student, keys, images, labels, test=(test_images, test_labels))
+    assert evaluation._accuracy_block._cache_size() == before + 1
+    plain = evaluation.evaluate_model(model, protocol, keys, images, labels, test_images, test_labels)
+    assert evaluation._accuracy_block._cache_size() == before + 1  # the plain student is that student
+    np.testing.assert_array_equal(
+        plain, evaluation.train_students(student, keys, images, labels, test=(test_images, test_labels))
+    )

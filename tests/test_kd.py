@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import augment, evaluation, kd, results, synthetic, training
+from jaxdd import augment, evaluation, kd, results, run_eval, synthetic, training
 from jaxdd.config import base_config, validate
 from jaxdd.errors import UserError
 from jaxdd.models import ConvNetSpec, get_model
@@ -95,18 +95,16 @@ def test_alpha_zero_is_plain_cross_entropy_training(blobs, strategy):
     key = jax.random.PRNGKey(2)
     plain = jax.jit(evaluation.train_network, static_argnums=(0, 1))(student, protocol, key, images, labels)
     params = kd.KDParams.create(alpha=0.0, temperature=2.0, temperature_decay=0.9)
-    distilled = jax.jit(kd.train_student, static_argnums=(0, 1, 2))(
-        student, protocol, teacher_model, teacher_state, params, key, images, labels
-    )
+    train_kd = jax.jit(evaluation.train_student, static_argnums=0)
+    kd_student = kd.student(student, protocol, teacher_model)
+    distilled = train_kd(kd_student, key, images, labels, (teacher_state, params))
     jax.tree.map(
         np.testing.assert_array_equal,  # exactly: 0·KL adds nothing, 1·CE changes nothing
         (plain.params, plain.batch_stats),
         (distilled.params, distilled.batch_stats),
     )
     half = kd.KDParams.create(alpha=0.5, temperature=2.0)
-    other = jax.jit(kd.train_student, static_argnums=(0, 1, 2))(
-        student, protocol, teacher_model, teacher_state, half, key, images, labels
-    )
+    other = train_kd(kd_student, key, images, labels, (teacher_state, half))
     assert not np.allclose(other.params["classifier"]["kernel"], plain.params["classifier"]["kernel"])
 
 
@@ -152,7 +150,7 @@ def test_table_shows_plain_and_kd_columns_side_by_side(blobs, tmp_path):
     config.eval.update({"archs": "MLP", "epochs": 2, "num_nets": 2, "batch_size": 4, "baselines": "random"})
     config.kd.update({"enabled": True, "teacher": "MLP"})
     synset = synthetic.init_real(real, 2, jax.random.PRNGKey(1))
-    out = results.evaluate_synset(config, real, synset, tmp_path, log=lambda _: None)
+    out = run_eval.evaluate_synset(config, real, synset, tmp_path, log=lambda _: None)
     assert list(out) == ["MLP", "MLP+KD"]
     assert list(json.loads((tmp_path / "eval.json").read_text())) == ["MLP", "MLP+KD"]
     table = (tmp_path / "table.md").read_text()

@@ -1,5 +1,5 @@
 """SRe2L against independent expectations: the BatchNorm-statistics distance (0 for a batch whose
-statistics are the running ones, positive otherwise, a NumPy sum of norms), the soft-label loss by hand,
+statistics are the running ones, positive otherwise, a NumPy sum of norms),
 teacher caching (the second call loads), clear errors before any compile, two recover iterations and the
 soft-label columns through the driver, an interrupted recover resumed exactly.
 
@@ -8,7 +8,6 @@ Tiny sizes (8x8 images, width-4/8 ConvNets); the module compiles with most XLA o
 
 import dataclasses
 import json
-import math
 import shutil
 
 import jax
@@ -17,7 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxdd import methods, relabel, teachers
+from jaxdd import methods, teachers
 from jaxdd import run as driver
 from jaxdd.config import base_config, validate
 from jaxdd.errors import UserError
@@ -95,17 +94,6 @@ def test_bn_distance_is_the_sum_of_l2_norms_over_layers():
 
 
 # ---- relabel ----
-
-
-def test_soft_label_loss_by_hand_without_a_temperature_squared_factor():
-    student = jnp.zeros((1, 2))
-    want = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
-    for temperature in (1.0, 2.0, 20.0):
-        # teacher probabilities softmax(z/T) = (0.75, 0.25) at every T
-        teacher = jnp.asarray([[temperature * math.log(3.0), 0.0]])
-        got = relabel.soft_label_loss(student, teacher, temperature)
-        assert float(got) == pytest.approx(want, rel=1e-5)
-    assert float(relabel.soft_label_loss(teacher, teacher, 3.0)) == pytest.approx(0, abs=1e-7)
 
 
 def test_views_keep_shapes_and_full_crops_of_a_constant_image_are_constant():
