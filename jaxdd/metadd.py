@@ -13,12 +13,13 @@ and a base method minimises L_base + R. A λ of 0 switches its term off (not tra
 fraction (pixels where every map ≥ 0.5) and the heterogeneous fraction (≥ 0.5 for some maps, not all)
 are returned as metrics.
 
-The plug-in is ONE hook, `add_gradient(aux, images, labels, key, grad) -> (grad, metrics)`, called inside
-each method's jitted step between the base pixel gradient and the optimiser update (gradient matching:
-in `match_and_train`; DM: `outer_step`; SRe2L: `recover_step`). ∂L_base/∂S + ∂R/∂S is the gradient of
-L_base + R, so the base loss code stays untouched. `aux` is an `Auxiliaries` pytree passed to the step as
-a jit ARGUMENT (its variables are traced inputs, not constants folded at compile time; the modules,
-feature taps and options are static pytree metadata); `None` (MetaDD off) makes the hook the identity.
+The plug-in is ONE hook, `add_gradient(aux, images, labels, key, grad) -> (grad, metrics)`, called by
+`methods.base.pixel_step`, the pixel update every method's jitted step goes through, between the base
+pixel gradient and the optimiser update, with the key of the base loss. ∂L_base/∂S + ∂R/∂S is the
+gradient of L_base + R, so the base loss code stays untouched. `aux` (`load_auxiliaries`) is bound to
+every method's step by `methods.base.bind_step`: an `Auxiliaries` pytree passed to the step as a jit
+ARGUMENT (its variables are traced inputs, not constants folded at compile time; the modules, feature
+taps and options are static pytree metadata); `None` (MetaDD off) makes the hook the identity.
 
 Low memory: `images_per_step` > 0 regularises a random subset of that many images per call (drawn from
 the hook's key; their gradient is the subset mean's, an unbiased estimate of the full mean's).
@@ -159,8 +160,9 @@ def metadd_loss_and_grad(
 def add_gradient(
     aux: Auxiliaries | None, images: jax.Array, labels: jax.Array, key: jax.Array, grad: jax.Array
 ) -> tuple[jax.Array, dict]:
-    """THE hook of every method: (grad + ∂R/∂images, metrics) before the pixel optimiser's update; the
-    identity (grad, {}) when `aux` is None. `key`: the step's key (mixed with `METADD_STREAM`)."""
+    """THE hook of every method (`methods.base.pixel_step`): (grad + ∂R/∂images, metrics) before the pixel
+    optimiser's update; the identity (grad, {}) when `aux` is None. `key`: the base loss's key (mixed
+    with `METADD_STREAM`)."""
     if aux is None:
         return grad, {}
     loss, metadd_grad, metrics = metadd_loss_and_grad(

@@ -8,7 +8,8 @@ networks of that iteration use it, so a resumed run draws the same sequence as a
 The draw is on the host, a pure function of (key, step): `pooled_step` turns a method's
 `build(spec) -> step(state, real)` into one step that looks up the iteration's architecture and calls that
 architecture's step, built (and compiled) once per run. The hook is method-agnostic: any method whose
-step is a function of (state, real) with `state.key` and `state.step` can use it.
+step is a function of (state, real) with `state.key` and `state.step` can use it; every method reaches
+it through `methods.base.bind_step`.
 
 Presets (the first entry is the main model, `config.model`):
 - `main_similar`: main 0.9; 0.1 spread evenly over ConvNets whose activation, norm and pooling are drawn

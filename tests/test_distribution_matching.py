@@ -138,7 +138,7 @@ def test_outer_step_compiles_once_and_moves_the_images(blobs):
 
 def test_validate_names_bad_values():
     for overrides, match in (
-        ({"lr_img": 0.0}, "dm.lr_img"),
+        ({"lr_img": -1.0}, "dm.lr_img"),  # 0 is AUTO (`config.RULES`: the readme's value)
         ({"momentum_img": 1.0}, "dm.momentum_img"),
         ({"batch_real": 0}, "dm.batch_real"),
         ({"dsa_strategy": "colour"}, "unknown op"),

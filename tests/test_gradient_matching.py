@@ -238,6 +238,66 @@ def test_second_order_pixel_gradient_matches_central_differences(blobs):
             np.testing.assert_allclose(float(jnp.vdot(grad, direction)), float(numeric), rtol=1e-6)
 
 
+def _float64(tree):
+    return jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _assert_directional_derivatives(loss_and_grad, images, *, seeds=3, h=1e-5):
+    """⟨grad, d⟩ of `loss_and_grad(images) -> (loss, grad)` against the central difference of its own
+    loss along random directions d (float64)."""
+    _, grad = loss_and_grad(images)
+    for seed in range(seeds):
+        direction = jax.random.normal(jax.random.PRNGKey(20 + seed), images.shape, jnp.float64)
+        plus, _ = loss_and_grad(images + h * direction)
+        minus, _ = loss_and_grad(images - h * direction)
+        numeric = (float(plus) - float(minus)) / (2 * h)
+        np.testing.assert_allclose(float(jnp.vdot(grad, direction)), numeric, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"class_chunk": 1, "class_loop": "map"},  # the CPU default: one class at a time under lax.map
+        {"class_chunk": 2, "class_loop": "map", "strategy": "color_crop", "metric": "mse"},  # group + rest
+    ],
+)
+def test_the_production_per_class_gradient_matches_central_differences(blobs, options):
+    # `matching_loss_and_grad` differentiates each class on its own (not one reverse pass over the sum):
+    # its gradient against finite differences of the loss it returns
+    with jax.enable_x64(True):
+        real = _real(blobs, per_class=5)
+        real = real.replace(train_images=real.train_images.astype(jnp.float64))
+        model, params = _net({**TINY, "act": "sigmoid"}, key=8)
+        params = _float64(params)
+        images = jax.random.normal(jax.random.PRNGKey(9), (6, 8, 8, 1), jnp.float64)
+        loss_and_grad = jax.jit(
+            lambda x: gm.matching_loss_and_grad(
+                model, params, {}, x, real, jax.random.PRNGKey(7), batch_real=3, **options
+            )
+        )
+        _assert_directional_derivatives(loss_and_grad, images)
+
+
+def test_the_stacked_gradient_of_the_outer_step_matches_central_differences(blobs):
+    # the outer step's path: K = 2 BatchNorm networks (frozen running statistics), 'ours', DSA
+    spec = {**TINY, "act": "sigmoid", "norm": "batchnorm"}
+    model = get_model(spec, num_classes=3, image_shape=(8, 8, 1))
+    nets = gm.init_nets(model, gm.Settings(1, 1, 3, num_nets=2), jax.random.PRNGKey(3), (8, 8, 1))
+    shift = {"mean": 0.1, "var": 0.5}  # running statistics away from init's (0, 1), so that they matter
+    stats = jax.tree_util.tree_map_with_path(lambda path, x: x + shift[path[-1].key], nets.batch_stats)
+    with jax.enable_x64(True):
+        real = _real(blobs, per_class=5)
+        real = real.replace(train_images=real.train_images.astype(jnp.float64))
+        nets = _float64(nets.replace(batch_stats=stats))
+        images = jax.random.normal(jax.random.PRNGKey(9), (6, 8, 8, 1), jnp.float64)
+        options = {"batch_real": 3, "strategy": "scale_rotate", "parallel": "loop", "class_chunk": 1}
+        key = jax.random.PRNGKey(7)
+        loss_and_grad = jax.jit(
+            lambda x: gm.stacked_matching_loss_and_grad(model, nets, x, real, key, **options)
+        )
+        _assert_directional_derivatives(loss_and_grad, images)
+
+
 def test_dsa_augments_the_real_and_synthetic_batch_of_a_class_identically(blobs):
     # Synthetic = the whole real class in another order: only a siamese transform (one op and one
     # parameter set for both batches) keeps their gradients equal, whatever the key.

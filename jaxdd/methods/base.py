@@ -1,21 +1,35 @@
-"""What every distillation method provides: a state pytree and a jitted outer step over it.
+"""What every distillation method provides, and the pieces every pixel-optimising method shares.
 
-The run driver only knows this interface: `init` builds the first `DistillState`, `make_step` returns
+The run driver only knows `Method`: `init` builds the first `DistillState`, `make_step` returns
 `step(state, real) -> (state, metrics)` (pure and jitted; metrics a flat dict of scalars), and the driver
 loops, logs and checkpoints. A method with nothing to optimise (the random-real baseline) has no step.
+
+Shared (optax's idea: one update that every optimiser fills in): a method writes only its
+`loss_and_grad(images, key) -> (loss, grad, metrics)`, and
+- `init_state` builds its first state,
+- `pixel_step` is its pixel update: the gradient's norm, the plug-in hooks (MetaDD's `add_gradient`),
+  the optax update and an optional projection; `DistillState.step_key` and `DistillState.advance` are
+  the key of an outer iteration and its count,
+- `bind_step` (`bind_model_step`) binds its jitted outer step to each architecture of the model pool
+  with MetaDD's auxiliary networks, so neither plug-in names a method.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import struct
 
+from jaxdd import metadd, pool, synthetic
 from jaxdd.data.real import RealData
+from jaxdd.errors import UserError
+from jaxdd.models import get_model
 from jaxdd.synthetic import SyntheticSet
 
 
@@ -41,8 +55,22 @@ class DistillState:
     def synset(self) -> SyntheticSet:
         return SyntheticSet(images=self.images, labels=self.labels)
 
+    @property
+    def step_key(self) -> jax.Array:
+        """The key of outer iteration `step`, `fold_in(key, step)`: a resumed run draws it again."""
+        return jax.random.fold_in(self.key, self.step)
+
+    def advance(self, images: jax.Array, opt_state: optax.OptState) -> DistillState:
+        """The state after this outer iteration: its images and optimiser state, step + 1."""
+        return self.replace(images=images, opt_state=opt_state, step=self.step + 1)
+
 
 StepFn = Callable[[DistillState, RealData], tuple[DistillState, dict]]
+# What a method's jitted step passes on to `pixel_step` for the plug-ins, as a traced argument: MetaDD's
+# auxiliary networks, None when it is off.
+Aux = metadd.Auxiliaries | None
+# loss_and_grad(images [N, H, W, C], key) -> (loss scalar, ∂loss/∂images [N, H, W, C], metrics)
+LossAndGrad = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array, dict]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,3 +94,71 @@ class Method:
     lr_keys: tuple[str, ...] = ()
     schedule_uses_iterations: bool = False
     teacher_archs: Callable[[ml_collections.ConfigDict], tuple] = lambda config: ()
+
+
+def init_state(
+    config: ml_collections.ConfigDict, real: RealData, key: jax.Array, tx: optax.GradientTransformation
+) -> DistillState:
+    """The first state: `config.init` images ('real' | 'noise', `config.ipc` per class, from the first
+    half of `key`), `tx`'s state, the distillation key (the second half), step 0."""
+    if config.init not in synthetic.INITS:
+        raise UserError(f"init={config.init!r} must be one of {', '.join(synthetic.INITS)}.")
+    init_key, distill_key = jax.random.split(key)
+    synset = synthetic.INITS[config.init](real, config.ipc, init_key)
+    return DistillState(
+        images=synset.images,
+        labels=synset.labels,
+        opt_state=tx.init(synset.images),
+        key=distill_key,
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def pixel_step(
+    loss_and_grad: LossAndGrad,
+    tx: optax.GradientTransformation,
+    images: jax.Array,
+    opt_state: optax.OptState,
+    labels: jax.Array,
+    key: jax.Array,
+    *,
+    aux: Aux = None,
+    project: Callable[[jax.Array], jax.Array] | None = None,
+) -> tuple[jax.Array, optax.OptState, dict]:
+    """One update of images [N, H, W, C] (labels [N]) by every method: `loss_and_grad(images, key)`,
+    MetaDD's gradient added when `aux` holds its auxiliary networks (with the same key), `tx`'s update,
+    then `project` (e.g. a clip to the valid pixel range).
+
+    Returns (images, opt_state, metrics): 'loss', 'grad_norm' (the base gradient's L2 norm, before any
+    hook), the method's metrics and the hooks'.
+    """
+    loss, grad, method_metrics = loss_and_grad(images, key)
+    grad_norm = optax.tree.norm(grad)
+    grad, hook_metrics = metadd.add_gradient(aux, images, labels, key, grad)
+    updates, opt_state = tx.update(grad, opt_state, images)
+    images = optax.apply_updates(images, updates)
+    if project is not None:
+        images = project(images)
+    return images, opt_state, {"loss": loss, "grad_norm": grad_norm, **method_metrics, **hook_metrics}
+
+
+def bind_step(
+    config: ml_collections.ConfigDict, real: RealData, bind: Callable[[pool.Arch], Callable]
+) -> StepFn:
+    """The run's `step(state, real)` from `bind(arch)`, a method's step for one architecture taking
+    `(state, real, aux=...)`: the model pool (`jaxdd.pool`) picks each iteration's architecture
+    (`config.model` without a pool; each bound once) and every one gets the same MetaDD auxiliary
+    networks (`jaxdd.metadd`; None when MetaDD is off)."""
+    aux = metadd.load_auxiliaries(config, real)
+    return pool.pooled_step(config, lambda arch: functools.partial(bind(arch), aux=aux))
+
+
+def bind_model_step(config: ml_collections.ConfigDict, real: RealData, step: Callable, settings) -> StepFn:
+    """`bind_step` of `step(model, settings, state, real, aux=...)`, the model built from each
+    architecture for `real`'s classes and image shape."""
+
+    def bind(arch):
+        model = get_model(arch, num_classes=real.num_classes, image_shape=tuple(real.image_shape))
+        return functools.partial(step, model, settings)
+
+    return bind_step(config, real, bind)

@@ -33,11 +33,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxdd import augment, metadd, pool, sharding, synthetic, training
+from jaxdd import augment, sharding, synthetic, training
 from jaxdd.data.real import RealData, sample_class_batch
 from jaxdd.errors import is_finite_number, is_int, require
-from jaxdd.methods.base import DistillState, Method
-from jaxdd.models import get_model
+from jaxdd.methods.base import Aux, DistillState, Method, bind_model_step, init_state, pixel_step
 
 __all__ = [
     "METHOD",
@@ -192,60 +191,46 @@ def outer_step(
     settings: Settings,
     state: DistillState,
     real: RealData,
-    aux: metadd.Auxiliaries | None = None,
+    aux: Aux = None,
 ) -> tuple[DistillState, dict]:
-    """One iteration: a fresh network, one pixel step. Returns the new state (step + 1) and metrics:
-    'loss' the reference's per-class loss (Σ_c D_c / C), 'grad_norm' the pixel gradient's L2 norm,
-    'images' the real and synthetic images embedded (the progress line's images/s). With MetaDD
-    auxiliary networks `aux` (DESIGN §4.6) the step adds their gradient (`metadd.add_gradient`) and
-    returns their metrics too."""
-    net_key, match_key = jax.random.split(jax.random.fold_in(state.key, state.step))
+    """One iteration: a fresh network, one `pixel_step` (with MetaDD's gradient when `aux` holds its
+    auxiliary networks, DESIGN §4.6). Returns the new state (step + 1) and metrics: 'loss' the
+    reference's per-class loss (Σ_c D_c / C), 'grad_norm' the base pixel gradient's L2 norm, 'images'
+    the real and synthetic images embedded (the progress line's images/s), and MetaDD's."""
+    net_key, match_key = jax.random.split(state.step_key)
     params, batch_stats = training.init_variables(model, net_key, state.images.shape[1:])
-    loss, grad = matching_loss_and_grad(model, params, batch_stats, state.images, real, match_key, settings)
-    grad_norm = optax.tree.norm(grad)
-    grad, regularizer_metrics = metadd.add_gradient(aux, state.images, state.labels, match_key, grad)
-    updates, opt_state = settings.pixel_optimizer.update(grad, state.opt_state, state.images)
-    images = optax.apply_updates(state.images, updates)
+
+    def loss_and_grad(images, key):
+        return (*matching_loss_and_grad(model, params, batch_stats, images, real, key, settings), {})
+
+    tx = settings.pixel_optimizer
+    images, opt_state, metrics = pixel_step(
+        loss_and_grad, tx, state.images, state.opt_state, state.labels, match_key, aux=aux
+    )
     metrics = {
-        "loss": loss / real.num_classes,
-        "grad_norm": grad_norm,
+        **metrics,
+        "loss": metrics["loss"] / real.num_classes,
         "images": jnp.float32(state.images.shape[0] + real.num_classes * settings.batch_real),
-        **regularizer_metrics,
     }
-    return state.replace(images=images, opt_state=opt_state, step=state.step + 1), metrics
+    return state.advance(images, opt_state), metrics
 
 
 # ---- the Method interface ----
 
 
 def init(config: ml_collections.ConfigDict, real: RealData, key: jax.Array) -> DistillState:
-    """The first state: `config.init` images (DM: 'real'), the pixel optimiser's state, the key."""
-    init_key, distill_key = jax.random.split(key)
-    synset = synthetic.INITS[config.init](real, config.ipc, init_key)
-    tx = settings_from_config(config, min_class_count=real.min_class_count).pixel_optimizer
-    return DistillState(
-        images=synset.images,
-        labels=synset.labels,
-        opt_state=tx.init(synset.images),
-        key=distill_key,
-        step=jnp.zeros((), jnp.int32),
-    )
+    """The first state (`base.init_state`): `config.init` images (DM: 'real'), SGD's state, the key."""
+    settings = settings_from_config(config, min_class_count=real.min_class_count)
+    return init_state(config, real, key, settings.pixel_optimizer)
 
 
 def make_step(config: ml_collections.ConfigDict, real: RealData):
-    """`step(state, real) -> (state, metrics)`: `outer_step` bound to the model and `Settings`; with a
-    model pool (DESIGN §4.4) each drawn architecture is bound (and compiled) once; with
-    `config.metadd.enabled` all of them get the same MetaDD auxiliary networks."""
+    """`step(state, real) -> (state, metrics)`: `outer_step` bound to each architecture's model and the
+    `Settings` (`base.bind_model_step`: the model pool and MetaDD's auxiliary networks)."""
     settings = settings_from_config(
         config, min_class_count=real.min_class_count, num_classes=real.num_classes
     )
-    aux = metadd.load_auxiliaries(config, real)
-
-    def bind(arch):
-        model = get_model(arch, num_classes=real.num_classes, image_shape=tuple(real.image_shape))
-        return functools.partial(outer_step, model, settings, aux=aux)
-
-    return pool.pooled_step(config, bind)
+    return bind_model_step(config, real, outer_step, settings)
 
 
 def validate(config: ml_collections.ConfigDict, info) -> None:

@@ -26,10 +26,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxdd import augment, metadd, pool, sharding, synthetic, training
+from jaxdd import augment, sharding, synthetic, training
 from jaxdd.data.real import RealData, class_indices
 from jaxdd.errors import UserError, is_finite_number, is_int, require
-from jaxdd.methods.base import DistillState, Method
+from jaxdd.methods.base import Aux, DistillState, Method, bind_model_step, init_state, pixel_step
 from jaxdd.methods.matching_distance import METRICS, distance
 from jaxdd.methods.matching_loss import (
     CLASS_LOOPS,
@@ -251,19 +251,18 @@ def outer_step(
     settings: Settings,
     state: DistillState,
     real: RealData,
-    aux: metadd.Auxiliaries | None = None,
+    aux: Aux = None,
 ) -> tuple[DistillState, dict]:
-    """One outer iteration (fresh networks, `outer_loop` pixel steps); a pure function of `state`.
+    """One outer iteration (fresh networks, `outer_loop` `pixel_step`s); a pure function of `state`.
 
     Returns the new state (step + 1) and metrics: 'loss' the reference's loss_avg (Σ_c D / C, averaged
     over the outer loop and the K networks), 'loss_first'/'loss_last' the same for the first and last
-    match, 'grad_norm' the mean L2 norm of the pixel gradient, 'inner_ce' the mean CE of the networks'
-    last inner epoch (0 when outer_loop is 1), 'images' the real and synthetic images matched. With MetaDD
-    auxiliary networks `aux` (DESIGN §4.6), every pixel step adds their gradient (`metadd.add_gradient`)
-    and the metrics gain MetaDD's, averaged over the outer loop ('grad_norm' stays the base gradient's).
+    match, 'grad_norm' the mean L2 norm of the base pixel gradient, 'inner_ce' the mean CE of the
+    networks' last inner epoch (0 when outer_loop is 1), 'images' the real and synthetic images matched.
+    With MetaDD auxiliary networks `aux` (DESIGN §4.6) every pixel step adds their gradient and the
+    metrics gain MetaDD's, averaged over the outer loop.
     """
-    key = jax.random.fold_in(state.key, state.step)
-    net_key, loop_key = jax.random.split(key)
+    net_key, loop_key = jax.random.split(state.step_key)
     nets = init_nets(model, settings, net_key, state.images.shape[1:])
     tx = settings.pixel_optimizer
     batch_norm = bool(jax.tree.leaves(nets.batch_stats))
@@ -274,13 +273,14 @@ def outer_step(
         bn_key, match_key, inner_key = jax.random.split(jax.random.fold_in(loop_key, ol), 3)
         if batch_norm:
             nets = refresh_batch_stats(model, settings, nets, real, bn_key)
-        loss, grad = stacked_matching_loss_and_grad(
-            model, nets, images, real, match_key, **settings.loss_options
+
+        def loss_and_grad(images, key):
+            options = settings.loss_options
+            return (*stacked_matching_loss_and_grad(model, nets, images, real, key, **options), {})
+
+        images, opt_state, step_metrics = pixel_step(
+            loss_and_grad, tx, images, opt_state, state.labels, match_key, aux=aux
         )
-        grad_norm = optax.tree.norm(grad)
-        grad, regularizer_metrics = metadd.add_gradient(aux, images, state.labels, match_key, grad)
-        updates, opt_state = tx.update(grad, opt_state, images)
-        images = optax.apply_updates(images, updates)
         inner_ce = jnp.zeros(())
         if last:  # static: with one outer loop the networks are never trained
             nets, inner_ce = jax.lax.cond(
@@ -289,65 +289,48 @@ def outer_step(
                 lambda n: (n, jnp.zeros(())),
                 nets,
             )
-        return (images, opt_state, nets), (loss, grad_norm, inner_ce, regularizer_metrics)
+        return (images, opt_state, nets), (step_metrics, inner_ce)
 
     carry = (state.images, state.opt_state, nets)
     if settings.outer_loop == 1:  # the single match needs no loop
         (images, opt_state, _), outs = match_and_train(carry, jnp.int32(0))
-        losses, grad_norms, inner_ces, regularizer_metrics = jax.tree.map(lambda x: x[None], outs)
+        step_metrics, inner_ces = jax.tree.map(lambda x: x[None], outs)
     else:
-        (images, opt_state, _), (losses, grad_norms, inner_ces, regularizer_metrics) = jax.lax.scan(
+        (images, opt_state, _), (step_metrics, inner_ces) = jax.lax.scan(
             match_and_train, carry, jnp.arange(settings.outer_loop)
         )
-    per_class = losses / real.num_classes
+    per_class = step_metrics.pop("loss") / real.num_classes
     metrics = {
         "loss": jnp.mean(per_class),
         "loss_first": per_class[0],
         "loss_last": per_class[-1],
-        "grad_norm": jnp.mean(grad_norms),
         "inner_ce": jnp.sum(inner_ces) / max(last, 1),
         # real + synthetic images matched (the progress line's images/s)
         "images": jnp.float32(settings.num_nets * settings.outer_loop * state.images.shape[0])
         + settings.num_nets * settings.outer_loop * real.num_classes * settings.batch_real,
-        **{name: jnp.mean(values) for name, values in regularizer_metrics.items()},
+        **{name: jnp.mean(values) for name, values in step_metrics.items()},  # grad_norm, MetaDD's
     }
-    return state.replace(images=images, opt_state=opt_state, step=state.step + 1), metrics
+    return state.advance(images, opt_state), metrics
 
 
 # ---- the Method interface ----
 
 
 def init(config: ml_collections.ConfigDict, real: RealData, key: jax.Array) -> DistillState:
-    """The first state: `config.init` ('real' | 'noise') images, the pixel optimiser's state, the key."""
-    if config.init not in synthetic.INITS:
-        raise UserError(f"init={config.init!r} must be one of {', '.join(synthetic.INITS)}.")
-    init_key, distill_key = jax.random.split(key)
-    synset = synthetic.INITS[config.init](real, config.ipc, init_key)
-    tx = settings_from_config(config, min_class_count=real.min_class_count).pixel_optimizer
-    return DistillState(
-        images=synset.images,
-        labels=synset.labels,
-        opt_state=tx.init(synset.images),
-        key=distill_key,
-        step=jnp.zeros((), jnp.int32),
-    )
+    """The first state (`base.init_state`): `config.init` ('real' | 'noise') images, SGD's state, the key."""
+    settings = settings_from_config(config, min_class_count=real.min_class_count)
+    return init_state(config, real, key, settings.pixel_optimizer)
 
 
 def make_step(config: ml_collections.ConfigDict, real: RealData):
-    """`step(state, real) -> (state, metrics)`: the jitted `outer_step` bound to this config's model and
-    `Settings` (available as `step.args`); with a model pool (`config.pool`, DESIGN §4.4), a
-    `pool.PooledStep` that binds each drawn architecture the same way, compiling each once. With
-    `config.metadd.enabled`, every architecture's step gets the same auxiliary networks (`aux`)."""
+    """`step(state, real) -> (state, metrics)`: the jitted `outer_step` bound to each architecture's model
+    and the `Settings` (`base.bind_model_step`: the model pool, DESIGN §4.4, and MetaDD's auxiliary networks
+    as `aux`); without a pool a `functools.partial` (`step.args` = (model, settings)), with one a
+    `pool.PooledStep` that binds each drawn architecture once."""
     settings = settings_from_config(
         config, min_class_count=real.min_class_count, num_classes=real.num_classes
     )
-    aux = metadd.load_auxiliaries(config, real)
-
-    def bind(arch):
-        model = get_model(arch, num_classes=real.num_classes, image_shape=tuple(real.image_shape))
-        return functools.partial(outer_step, model, settings, aux=aux)
-
-    return pool.pooled_step(config, bind)
+    return bind_model_step(config, real, outer_step, settings)
 
 
 def validate(config: ml_collections.ConfigDict, info) -> None:

@@ -35,10 +35,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxdd import metadd, relabel, sharding, synthetic, teachers, training
+from jaxdd import relabel, sharding, synthetic, teachers, training
 from jaxdd.data.real import RealData, split_name
 from jaxdd.errors import UserError, is_finite_number, is_int, require
-from jaxdd.methods.base import DistillState, Method
+from jaxdd.methods.base import Aux, DistillState, Method, bind_step, init_state, pixel_step
 from jaxdd.models import MODELS, uses_batch_norm
 from jaxdd.resized_crop import random_resized_crop_flip
 
@@ -203,8 +203,8 @@ def _unbatch(batches: jax.Array, num_classes: int) -> jax.Array:
 
 
 def recover_loss_and_grad(model, variables, images, num_classes: int, key, settings: Settings):
-    """Mean loss, CE and BN distance over the batches, and ∂/∂images of the summed loss (each batch's
-    images get their own batch's gradient); one batch at a time."""
+    """(mean loss over the batches, ∂/∂images of the summed loss, {'ce', 'bn'}: their means): each
+    batch's images get their own batch's gradient; one batch at a time."""
     batch_ipc = settings.batch_ipc or images.shape[0] // num_classes
     batches = _batches(images, num_classes, batch_ipc)
     labels = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), batch_ipc)
@@ -216,7 +216,7 @@ def recover_loss_and_grad(model, variables, images, num_classes: int, key, setti
         (loss, (ce, bn)), grads = jax.tree.map(lambda x: x[None], value_and_grad(batches[0], keys[0]))
     else:
         (loss, (ce, bn)), grads = jax.lax.map(lambda xs: value_and_grad(*xs), (batches, keys))
-    return jnp.mean(loss), jnp.mean(ce), jnp.mean(bn), _unbatch(grads, num_classes)
+    return jnp.mean(loss), _unbatch(grads, num_classes), {"ce": jnp.mean(ce), "bn": jnp.mean(bn)}
 
 
 @functools.partial(jax.jit, static_argnames=("model", "settings"))
@@ -226,30 +226,25 @@ def recover_step(
     variables: dict,
     state: DistillState,
     real: RealData,
-    aux: metadd.Auxiliaries | None = None,
+    aux: Aux = None,
 ) -> tuple[DistillState, dict]:
-    """One Adam step of the recover objective; metrics 'loss' (mean over batches), 'ce', 'bn',
-    'grad_norm', 'lr' and 'images' (synthetic images seen). With MetaDD auxiliary networks `aux`
-    (DESIGN §4.6) the step adds their gradient (`metadd.add_gradient`) and returns their metrics too."""
-    key = jax.random.fold_in(state.key, state.step)
-    num_classes = real.num_classes
-    loss, ce, bn, grad = recover_loss_and_grad(model, variables, state.images, num_classes, key, settings)
-    grad_norm = optax.tree.norm(grad)
-    grad, regularizer_metrics = metadd.add_gradient(aux, state.images, state.labels, key, grad)
-    updates, opt_state = settings.pixel_optimizer.update(grad, state.opt_state, state.images)
-    images = jnp.clip(
-        optax.apply_updates(state.images, updates), jnp.asarray(settings.low), jnp.asarray(settings.high)
+    """One Adam `pixel_step` of the recover objective, the pixels clipped to their valid range; metrics
+    'loss' (mean over batches), 'ce', 'bn', 'grad_norm', 'lr', 'images' (synthetic images seen) and,
+    with MetaDD auxiliary networks `aux` (DESIGN §4.6), MetaDD's."""
+    loss_and_grad = lambda images, key: recover_loss_and_grad(
+        model, variables, images, real.num_classes, key, settings
+    )
+    clip = lambda images: jnp.clip(images, jnp.asarray(settings.low), jnp.asarray(settings.high))
+    tx, key = settings.pixel_optimizer, state.step_key
+    images, opt_state, metrics = pixel_step(
+        loss_and_grad, tx, state.images, state.opt_state, state.labels, key, aux=aux, project=clip
     )
     metrics = {
-        "loss": loss,
-        "ce": ce,
-        "bn": bn,
-        "grad_norm": grad_norm,
+        **metrics,
         "lr": optax.cosine_decay_schedule(settings.lr_img, settings.iterations)(state.step),
         "images": jnp.float32(state.images.shape[0]),
-        **regularizer_metrics,
     }
-    return state.replace(images=images, opt_state=opt_state, step=state.step + 1), metrics
+    return state.advance(images, opt_state), metrics
 
 
 # ---- the Method interface ----
@@ -266,30 +261,20 @@ def load_teacher(config: ml_collections.ConfigDict, real: RealData, *, log=print
 
 
 def init(config: ml_collections.ConfigDict, real: RealData, key: jax.Array) -> DistillState:
-    """The first state: `config.init` images (SRe2L: 'noise'), Adam's state, the key."""
-    init_key, distill_key = jax.random.split(key)
-    synset = synthetic.INITS[config.init](real, config.ipc, init_key)
-    tx = settings_from_config(config, real).pixel_optimizer
-    return DistillState(
-        images=synset.images,
-        labels=synset.labels,
-        opt_state=tx.init(synset.images),
-        key=distill_key,
-        step=jnp.zeros((), jnp.int32),
-    )
+    """The first state (`base.init_state`): `config.init` images (SRe2L: 'noise'), Adam's state, the key."""
+    return init_state(config, real, key, settings_from_config(config, real).pixel_optimizer)
 
 
 def make_step(config: ml_collections.ConfigDict, real: RealData):
-    """`step(state, real)`: `recover_step` bound to the teacher (loaded or trained now), `Settings` and,
-    with `config.metadd.enabled`, the MetaDD auxiliary networks."""
-    teacher = load_teacher(config, real)
-    return functools.partial(
-        recover_step,
-        teacher.model,
-        settings_from_config(config, real),
-        teacher.variables,
-        aux=metadd.load_auxiliaries(config, real),
-    )
+    """`step(state, real)`: `recover_step` bound to the teacher of `config.model` (loaded or trained
+    now) and `Settings` (`base.bind_step`: with MetaDD's auxiliary networks; SRe2L takes no pool)."""
+    settings = settings_from_config(config, real)
+
+    def bind(arch):
+        teacher = teachers.load_or_train_teacher(arch, real, teacher_options(config))
+        return functools.partial(recover_step, teacher.model, settings, teacher.variables)
+
+    return bind_step(config, real, bind)
 
 
 def soft_labels_enabled(config: ml_collections.ConfigDict) -> bool:
