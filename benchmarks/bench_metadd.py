@@ -26,6 +26,7 @@ import ml_collections
 from benchmarks.common import stand_in_real, write_results
 from jaxdd import metadd
 from jaxdd.methods import gradient_matching as gm
+from jaxdd.methods.base import Hooks
 from jaxdd.models import get_model
 
 SHAPE = (28, 28, 1)
@@ -61,7 +62,7 @@ class Variant:
         self.state = gm.init(config, real, jax.random.PRNGKey(0))
         step = gm.make_step(config, real)
         start = time.perf_counter()
-        self.compiled = gm.outer_step.lower(*step.args, self.state, real, aux=aux).compile()
+        self.compiled = gm.outer_step.lower(*step.args, self.state, real, hooks=Hooks(metadd=aux)).compile()
         self.compile_s = time.perf_counter() - start
         memory = self.compiled.memory_analysis()
         self.temp_mb = getattr(memory, "temp_size_in_bytes", 0) / 2**20 if memory is not None else 0.0
@@ -69,7 +70,7 @@ class Variant:
 
     def run(self) -> None:
         start = time.perf_counter()
-        state, metrics = self.compiled(self.state, self.real, aux=self.aux)
+        state, metrics = self.compiled(self.state, self.real, hooks=Hooks(metadd=self.aux))
         jax.block_until_ready((state, metrics))
         self.times.append(time.perf_counter() - start)
 

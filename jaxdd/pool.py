@@ -18,6 +18,14 @@ Presets (the first entry is the main model, `config.model`):
 - `main_others`: main 0.9; LeNet, AlexNet, VGG11 0.1/3 each.
 - `uniform`: main, LeNet, AlexNet, VGG11 at 0.25 each.
 - `custom`: `pool.custom`, e.g. 'ConvNet:0.5,AlexNet:0.5' (registry names; 'main' is `config.model`).
+
+Scale-safe steps (`pool.scale='main'`): a loss whose scale depends on the network (DM's squared
+embedding distance: its pixel-gradient norm is 10-60x the main ConvNet's on max-pooling variants and 0.05x
+on sigmoid ones, Fashion-MNIST IPC 1) lets one drawn architecture move the set far more than the main
+model does. With 'main', an iteration that draws another architecture first runs the main model's step
+on the same state (its result is discarded) and rescales its own base pixel gradient to that norm
+(`methods.base.Hooks.grad_norm`): the direction is the drawn network's, the step size the main model's.
+It costs one more step on those iterations (about 10% with `main_similar`), and needs no state.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ POOL_STREAM = 0x706F6F6C
 SIMILAR_ACTS = ("relu", "sigmoid", "leakyrelu", "swish")
 SIMILAR_NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm")
 SIMILAR_POOLS = ("avgpool", "maxpool")
+SCALES = ("none", "main")
 OTHERS = ("LeNet", "AlexNet", "VGG11")
 PRESETS = ("main_similar", "main_others", "uniform", "custom")
 MAIN_PROBABILITY = 0.9
@@ -61,6 +70,10 @@ def default_config() -> ml_collections.ConfigDict:
             "custom": "",  # preset 'custom': 'NAME:P,NAME:P' (registry names; 'main' = config.model)
             "similar_depth": 0,  # main_similar: depth of the similar ConvNets; 0 = the main model's
             "warmup": 0,  # the first `warmup` iterations use the main model only (released code: 500)
+            # 'none' | 'main': on an iteration that draws another architecture, rescale the pixel gradient
+            # to the norm the main model's has at the same iteration (for losses whose scale depends on
+            # the network, e.g. DM's squared distance; DC's cosine distance is scale-free)
+            "scale": "none",
         }
     )
 
@@ -237,15 +250,19 @@ def architecture_at(config: ml_collections.ConfigDict, key: jax.Array, step: int
 
 class PooledStep:
     """`step(state, real) -> (state, metrics)` over a pool: draws the iteration's architecture from
-    (state.key, state.step) and calls its step, built by `build(arch)` on first use and kept.
+    (state.key, state.step) and calls its step, built by `build(arch)` on first use and kept; with
+    `scale_to_main`, another architecture's step gets the main model's gradient norm of the same
+    iteration (`hooks.replace(grad_norm=...)`, the built steps' `hooks=` argument overridden).
 
     Reading `state.step` waits for the previous iteration (one host sync per iteration; each iteration
-    is one long program, so nothing is lost). Metrics gain 'pool_arch', the pool index drawn.
+    is one long program, so nothing is lost). Metrics gain 'pool_arch', the pool index drawn, and with
+    `scale_to_main` 'grad_scale' (1 on the main model's iterations).
     """
 
-    def __init__(self, pool: Pool, build: Callable[[Arch], StepFn]):
+    def __init__(self, pool: Pool, build: Callable[[Arch], StepFn], *, scale_to_main: bool = False):
         self.pool = pool
         self._build = build
+        self.scale_to_main = scale_to_main
         self.steps: dict[int, StepFn] = {}
 
     def step_for(self, index: int) -> StepFn:
@@ -256,16 +273,29 @@ class PooledStep:
 
     def __call__(self, state, real):
         index = self.pool.index_at(state.key, int(state.step))
-        state, metrics = self.step_for(index)(state, real)
+        step = self.step_for(index)
+        if not self.scale_to_main:
+            state, metrics = step(state, real)
+        elif index == 0:
+            state, metrics = step(state, real)
+            metrics = {**metrics, "grad_scale": np.float32(1)}
+        else:
+            main = self.step_for(0)
+            _, main_metrics = main(state, real)
+            hooks = main.keywords["hooks"].replace(grad_norm=main_metrics["grad_norm"])
+            state, metrics = step(state, real, hooks=hooks)
         return state, {**metrics, "pool_arch": np.float32(index)}
 
 
 def pooled_step(config: ml_collections.ConfigDict, build: Callable[[Arch], StepFn]) -> StepFn:
-    """The method's step over the configured pool; without a pool, `build(config.model)` itself."""
+    """The method's step over the configured pool; without a pool, `build(config.model)` itself.
+
+    `build(arch)` gives a `functools.partial` whose `hooks` keyword holds the plug-ins' `Hooks`
+    (`methods.base.bind_step`)."""
     pool = pool_from_config(config)
     if pool is None:
         return build(main_arch(config))
-    return PooledStep(pool, build)
+    return PooledStep(pool, build, scale_to_main=config.pool.scale == "main")
 
 
 # ---- validation ----
@@ -275,7 +305,19 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
     """UserError for a bad `pool.*` value or an architecture that cannot run on the dataset's images
     (info: the dataset's `DatasetInfo`); cheap (abstract shapes, no compilation)."""
     pool_config = config.get("pool")
-    if pool_config is None or not pool_config.preset:
+    if pool_config is None:
+        return
+    if pool_config.scale not in SCALES:
+        raise UserError(
+            f"pool.scale={pool_config.scale!r} must be one of {', '.join(SCALES)} ('main': another "
+            "architecture's pixel gradient rescaled to the main model's norm)."
+        )
+    if not pool_config.preset:
+        if pool_config.scale != "none":
+            raise UserError(
+                f"pool.scale={pool_config.scale!r} without a pool (pool.preset=''): choose a preset, e.g. "
+                "--config.pool.preset=main_similar, or leave pool.scale at 'none'."
+            )
         return
     for name in ("warmup", "similar_depth"):
         value = pool_config[name]

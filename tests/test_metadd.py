@@ -273,4 +273,4 @@ def test_a_pooled_dc_step_gives_every_architecture_the_same_auxiliary_networks(t
     assert "pool_arch" in metrics and np.isfinite(float(metrics["metadd_loss"]))
     bound = [step.step_for(index) for index in range(2)]
     assert bound[0].args[0] != bound[1].args[0]
-    assert bound[0].keywords["aux"] is bound[1].keywords["aux"] is not None
+    assert bound[0].keywords["hooks"].metadd is bound[1].keywords["hooks"].metadd is not None

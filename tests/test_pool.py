@@ -16,6 +16,7 @@ from jaxdd import pool
 from jaxdd.config import apply_pool_arg, base_config, validate
 from jaxdd.data.real import from_arrays
 from jaxdd.errors import UserError
+from jaxdd.methods import distribution_matching as dm
 from jaxdd.methods import gradient_matching as gm
 from jaxdd.models import VGG11, AlexNet, ConvNetSpec, registry
 
@@ -236,3 +237,68 @@ def test_valid_pools_and_recipe_argument():
     assert apply_pool_arg(base_config(), "", default="main_similar").pool.preset == "main_similar"
     with pytest.raises(UserError, match="more than one pool preset"):
         apply_pool_arg(base_config(), "uniform,main_others", default="main_similar")
+
+
+def _dm_pool_config(scale: str) -> ml_collections.ConfigDict:
+    config = _pool_config("main_similar", model=dict(TINY), scale=scale)
+    config.update({"method": "dm", "dataset": "blobs", "ipc": 1, "init": "real", "seed": 0})
+    config.dm = dm.default_config()
+    config.dm.update({"batch_real": 4, "lr_img": 0.5, "momentum_img": 0.0, "dsa_strategy": "none"})
+    return config
+
+
+def _first_draw(config, real, wanted):
+    """The initial state moved to the first iteration whose drawn architecture satisfies `wanted`."""
+    state = dm.init(config, real, jax.random.PRNGKey(3))
+    the_pool = pool.pool_from_config(config)
+    draws = pool.draw_indices(the_pool, state.key, np.arange(300))
+    first = next(t for t, index in enumerate(draws) if wanted(index, the_pool.archs[index]))
+    return state.replace(step=state.step + first)
+
+
+def test_scale_main_gives_another_architecture_the_main_models_step_size_and_keeps_its_direction(blobs):
+    real = _real(blobs, (8, 8, 1))
+    plain_config, scaled_config = _dm_pool_config("none"), _dm_pool_config("main")
+    state = _first_draw(plain_config, real, lambda index, arch: index and arch.pool == "maxpool")
+    plain_step, scaled_step = dm.make_step(plain_config, real), dm.make_step(scaled_config, real)
+    plain, plain_metrics = plain_step(state, real)
+    scaled, metrics = scaled_step(state, real)
+    _, main_metrics = plain_step.step_for(0)(state, real)  # the main model on the same iteration
+    assert int(metrics["pool_arch"]) == int(plain_metrics["pool_arch"]) != 0
+    # SGD without momentum: the update is −lr·grad
+    plain_update = np.asarray(plain.images - state.images)
+    scaled_update = np.asarray(scaled.images - state.images)
+    lr = plain_config.dm.lr_img
+    np.testing.assert_allclose(
+        np.linalg.norm(plain_update), lr * float(plain_metrics["grad_norm"]), rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        np.linalg.norm(scaled_update), lr * float(main_metrics["grad_norm"]), rtol=1e-4
+    )
+    ratio = float(main_metrics["grad_norm"]) / float(plain_metrics["grad_norm"])
+    np.testing.assert_allclose(scaled_update, plain_update * ratio, rtol=1e-4, atol=1e-7)
+    assert float(metrics["grad_scale"]) == pytest.approx(ratio, rel=1e-5)
+    assert abs(np.log(ratio)) > 0.05  # the variant's gradient norm differs from the main model's
+
+
+def test_scale_main_leaves_the_main_models_iterations_alone(blobs):
+    real = _real(blobs, (8, 8, 1))
+    state = dm.init(_dm_pool_config("none"), real, jax.random.PRNGKey(3))
+    the_pool = pool.pool_from_config(_dm_pool_config("none"))
+    state = state.replace(
+        step=state.step + int(np.argmax(pool.draw_indices(the_pool, state.key, np.arange(100)) == 0))
+    )
+    plain, _ = dm.make_step(_dm_pool_config("none"), real)(state, real)
+    scaled, metrics = dm.make_step(_dm_pool_config("main"), real)(state, real)
+    assert int(metrics["pool_arch"]) == 0 and float(metrics["grad_scale"]) == 1.0
+    np.testing.assert_array_equal(np.asarray(scaled.images), np.asarray(plain.images))
+
+
+def test_scale_needs_a_pool_and_a_known_value():
+    config = base_config()
+    config.pool.scale = "main"
+    with pytest.raises(UserError, match=r"pool\.scale='main' without a pool"):
+        validate(config)
+    config.pool.preset, config.pool.scale = "main_similar", "max"
+    with pytest.raises(UserError, match=r"pool\.scale='max' must be one of none, main"):
+        validate(config)

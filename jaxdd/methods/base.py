@@ -66,9 +66,24 @@ class DistillState:
 
 
 StepFn = Callable[[DistillState, RealData], tuple[DistillState, dict]]
-# What a method's jitted step passes on to `pixel_step` for the plug-ins, as a traced argument: MetaDD's
-# auxiliary networks, None when it is off.
-Aux = metadd.Auxiliaries | None
+
+
+@struct.dataclass
+class Hooks:
+    """What the plug-ins hand a method's jitted step (its `hooks=` argument, traced) for `pixel_step`.
+
+    Attributes:
+      metadd: MetaDD's auxiliary networks (`jaxdd.metadd`); None when MetaDD is off.
+      grad_norm: a scalar the base pixel gradient is rescaled to (the model pool's scale-safe steps,
+        `pool.scale='main'`: the main model's gradient norm at the same iteration); None: unchanged.
+    """
+
+    metadd: metadd.Auxiliaries | None = None
+    grad_norm: jax.Array | None = None
+
+
+NO_HOOKS = Hooks()
+
 # loss_and_grad(images [N, H, W, C], key) -> (loss scalar, ∂loss/∂images [N, H, W, C], metrics)
 LossAndGrad = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array, dict]]
 
@@ -122,19 +137,24 @@ def pixel_step(
     labels: jax.Array,
     key: jax.Array,
     *,
-    aux: Aux = None,
+    hooks: Hooks = NO_HOOKS,
     project: Callable[[jax.Array], jax.Array] | None = None,
 ) -> tuple[jax.Array, optax.OptState, dict]:
     """One update of images [N, H, W, C] (labels [N]) by every method: `loss_and_grad(images, key)`,
-    MetaDD's gradient added when `aux` holds its auxiliary networks (with the same key), `tx`'s update,
-    then `project` (e.g. a clip to the valid pixel range).
+    rescaled to `hooks.grad_norm` when set, MetaDD's gradient added when `hooks.metadd` holds its
+    auxiliary networks (with the same key), `tx`'s update, then `project` (e.g. a clip to the valid
+    pixel range).
 
     Returns (images, opt_state, metrics): 'loss', 'grad_norm' (the base gradient's L2 norm, before any
-    hook), the method's metrics and the hooks'.
+    hook), 'grad_scale' when rescaled, the method's metrics and the hooks'.
     """
     loss, grad, method_metrics = loss_and_grad(images, key)
     grad_norm = optax.tree.norm(grad)
-    grad, hook_metrics = metadd.add_gradient(aux, images, labels, key, grad)
+    if hooks.grad_norm is not None:
+        scale = hooks.grad_norm / jnp.maximum(grad_norm, jnp.finfo(grad_norm.dtype).tiny)
+        grad = jax.tree.map(lambda g: g * scale, grad)
+        method_metrics = {**method_metrics, "grad_scale": scale}
+    grad, hook_metrics = metadd.add_gradient(hooks.metadd, images, labels, key, grad)
     updates, opt_state = tx.update(grad, opt_state, images)
     images = optax.apply_updates(images, updates)
     if project is not None:
@@ -146,15 +166,16 @@ def bind_step(
     config: ml_collections.ConfigDict, real: RealData, bind: Callable[[pool.Arch], Callable]
 ) -> StepFn:
     """The run's `step(state, real)` from `bind(arch)`, a method's step for one architecture taking
-    `(state, real, aux=...)`: the model pool (`jaxdd.pool`) picks each iteration's architecture
-    (`config.model` without a pool; each bound once) and every one gets the same MetaDD auxiliary
-    networks (`jaxdd.metadd`; None when MetaDD is off)."""
-    aux = metadd.load_auxiliaries(config, real)
-    return pool.pooled_step(config, lambda arch: functools.partial(bind(arch), aux=aux))
+    `(state, real, hooks=...)`: the model pool (`jaxdd.pool`) picks each iteration's architecture
+    (`config.model` without a pool; each bound once) and every one gets the same `Hooks`: MetaDD's
+    auxiliary networks (`jaxdd.metadd`; None when MetaDD is off) and, with `pool.scale='main'`, the
+    main model's gradient norm on the other architectures' iterations."""
+    hooks = Hooks(metadd=metadd.load_auxiliaries(config, real))
+    return pool.pooled_step(config, lambda arch: functools.partial(bind(arch), hooks=hooks))
 
 
 def bind_model_step(config: ml_collections.ConfigDict, real: RealData, step: Callable, settings) -> StepFn:
-    """`bind_step` of `step(model, settings, state, real, aux=...)`, the model built from each
+    """`bind_step` of `step(model, settings, state, real, hooks=...)`, the model built from each
     architecture for `real`'s classes and image shape."""
 
     def bind(arch):

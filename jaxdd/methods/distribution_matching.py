@@ -36,7 +36,7 @@ import optax
 from jaxdd import augment, sharding, synthetic, training
 from jaxdd.data.real import RealData, sample_class_batch
 from jaxdd.errors import is_finite_number, is_int, require
-from jaxdd.methods.base import Aux, DistillState, Method, bind_model_step, init_state, pixel_step
+from jaxdd.methods.base import NO_HOOKS, DistillState, Hooks, Method, bind_model_step, init_state, pixel_step
 
 __all__ = [
     "METHOD",
@@ -191,12 +191,12 @@ def outer_step(
     settings: Settings,
     state: DistillState,
     real: RealData,
-    aux: Aux = None,
+    hooks: Hooks = NO_HOOKS,
 ) -> tuple[DistillState, dict]:
-    """One iteration: a fresh network, one `pixel_step` (with MetaDD's gradient when `aux` holds its
-    auxiliary networks, DESIGN §4.6). Returns the new state (step + 1) and metrics: 'loss' the
-    reference's per-class loss (Σ_c D_c / C), 'grad_norm' the base pixel gradient's L2 norm, 'images'
-    the real and synthetic images embedded (the progress line's images/s), and MetaDD's."""
+    """One iteration: a fresh network, one `pixel_step` (with the plug-ins' `hooks`: MetaDD's auxiliary
+    networks, DESIGN §4.6; the pool's gradient scale). Returns the new state (step + 1) and metrics:
+    'loss' the reference's per-class loss (Σ_c D_c / C), 'grad_norm' the base pixel gradient's L2 norm,
+    'images' the real and synthetic images embedded (the progress line's images/s), and MetaDD's."""
     net_key, match_key = jax.random.split(state.step_key)
     params, batch_stats = training.init_variables(model, net_key, state.images.shape[1:])
 
@@ -205,7 +205,7 @@ def outer_step(
 
     tx = settings.pixel_optimizer
     images, opt_state, metrics = pixel_step(
-        loss_and_grad, tx, state.images, state.opt_state, state.labels, match_key, aux=aux
+        loss_and_grad, tx, state.images, state.opt_state, state.labels, match_key, hooks=hooks
     )
     metrics = {
         **metrics,

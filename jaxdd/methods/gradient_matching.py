@@ -29,7 +29,7 @@ import optax
 from jaxdd import augment, sharding, synthetic, training
 from jaxdd.data.real import RealData, class_indices
 from jaxdd.errors import UserError, is_finite_number, is_int, require
-from jaxdd.methods.base import Aux, DistillState, Method, bind_model_step, init_state, pixel_step
+from jaxdd.methods.base import NO_HOOKS, DistillState, Hooks, Method, bind_model_step, init_state, pixel_step
 from jaxdd.methods.matching_distance import METRICS, distance
 from jaxdd.methods.matching_loss import (
     CLASS_LOOPS,
@@ -251,7 +251,7 @@ def outer_step(
     settings: Settings,
     state: DistillState,
     real: RealData,
-    aux: Aux = None,
+    hooks: Hooks = NO_HOOKS,
 ) -> tuple[DistillState, dict]:
     """One outer iteration (fresh networks, `outer_loop` `pixel_step`s); a pure function of `state`.
 
@@ -259,7 +259,7 @@ def outer_step(
     over the outer loop and the K networks), 'loss_first'/'loss_last' the same for the first and last
     match, 'grad_norm' the mean L2 norm of the base pixel gradient, 'inner_ce' the mean CE of the
     networks' last inner epoch (0 when outer_loop is 1), 'images' the real and synthetic images matched.
-    With MetaDD auxiliary networks `aux` (DESIGN §4.6) every pixel step adds their gradient and the
+    With MetaDD auxiliary networks in `hooks` (DESIGN §4.6) every pixel step adds their gradient and the
     metrics gain MetaDD's, averaged over the outer loop.
     """
     net_key, loop_key = jax.random.split(state.step_key)
@@ -279,7 +279,7 @@ def outer_step(
             return (*stacked_matching_loss_and_grad(model, nets, images, real, key, **options), {})
 
         images, opt_state, step_metrics = pixel_step(
-            loss_and_grad, tx, images, opt_state, state.labels, match_key, aux=aux
+            loss_and_grad, tx, images, opt_state, state.labels, match_key, hooks=hooks
         )
         inner_ce = jnp.zeros(())
         if last:  # static: with one outer loop the networks are never trained
@@ -325,7 +325,7 @@ def init(config: ml_collections.ConfigDict, real: RealData, key: jax.Array) -> D
 def make_step(config: ml_collections.ConfigDict, real: RealData):
     """`step(state, real) -> (state, metrics)`: the jitted `outer_step` bound to each architecture's model
     and the `Settings` (`base.bind_model_step`: the model pool, DESIGN §4.4, and MetaDD's auxiliary networks
-    as `aux`); without a pool a `functools.partial` (`step.args` = (model, settings)), with one a
+    in `hooks`); without a pool a `functools.partial` (`step.args` = (model, settings)), with one a
     `pool.PooledStep` that binds each drawn architecture once."""
     settings = settings_from_config(
         config, min_class_count=real.min_class_count, num_classes=real.num_classes

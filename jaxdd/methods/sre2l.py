@@ -38,7 +38,7 @@ import optax
 from jaxdd import relabel, sharding, synthetic, teachers, training
 from jaxdd.data.real import RealData, split_name
 from jaxdd.errors import UserError, is_finite_number, is_int, require
-from jaxdd.methods.base import Aux, DistillState, Method, bind_step, init_state, pixel_step
+from jaxdd.methods.base import NO_HOOKS, DistillState, Hooks, Method, bind_step, init_state, pixel_step
 from jaxdd.models import MODELS, uses_batch_norm
 from jaxdd.resized_crop import random_resized_crop_flip
 
@@ -226,18 +226,18 @@ def recover_step(
     variables: dict,
     state: DistillState,
     real: RealData,
-    aux: Aux = None,
+    hooks: Hooks = NO_HOOKS,
 ) -> tuple[DistillState, dict]:
     """One Adam `pixel_step` of the recover objective, the pixels clipped to their valid range; metrics
     'loss' (mean over batches), 'ce', 'bn', 'grad_norm', 'lr', 'images' (synthetic images seen) and,
-    with MetaDD auxiliary networks `aux` (DESIGN §4.6), MetaDD's."""
+    with MetaDD auxiliary networks in `hooks` (DESIGN §4.6), MetaDD's."""
     loss_and_grad = lambda images, key: recover_loss_and_grad(
         model, variables, images, real.num_classes, key, settings
     )
     clip = lambda images: jnp.clip(images, jnp.asarray(settings.low), jnp.asarray(settings.high))
     tx, key = settings.pixel_optimizer, state.step_key
     images, opt_state, metrics = pixel_step(
-        loss_and_grad, tx, state.images, state.opt_state, state.labels, key, aux=aux, project=clip
+        loss_and_grad, tx, state.images, state.opt_state, state.labels, key, hooks=hooks, project=clip
     )
     metrics = {
         **metrics,
