@@ -239,12 +239,6 @@ def pool_from_config(config: ml_collections.ConfigDict) -> Pool | None:
     )
 
 
-def architecture_at(config: ml_collections.ConfigDict, key: jax.Array, step: int) -> Arch:
-    """The hook: the architecture of iteration `step` of a run with distillation key `key`."""
-    pool = pool_from_config(config)
-    return main_arch(config) if pool is None else pool.arch_at(key, step)
-
-
 # ---- the step ----
 
 

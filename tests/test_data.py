@@ -45,6 +45,15 @@ def balanced_labels(num_classes: int, per_class: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(np.repeat(np.arange(num_classes), per_class))
 
 
+def write_idx(path, array: np.ndarray) -> None:
+    """An IDX file as the format's description gives it (written here, independently of the reader):
+    two zero bytes, type 0x08 (unsigned byte), the number of dimensions, each size as a big-endian uint32,
+    then the data; gzip-compressed when `path` ends in .gz."""
+    array = np.ascontiguousarray(array, np.uint8)
+    data = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes() + array.tobytes()
+    path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
+
+
 def write_idx_dataset(
     directory: pathlib.Path, per_class: int = 3, *, gz: bool = True
 ) -> dict[str, np.ndarray]:
@@ -58,8 +67,8 @@ def write_idx_dataset(
     }
     suffix = ".gz" if gz else ""
     for (stem_x, stem_y), split in zip(idx.SPLIT_FILES.values(), ("train", "test"), strict=True):
-        idx.write_idx(directory / f"{stem_x}{suffix}", arrays[f"{split}_x"])
-        idx.write_idx(directory / f"{stem_y}{suffix}", arrays[f"{split}_y"])
+        write_idx(directory / f"{stem_x}{suffix}", arrays[f"{split}_x"])
+        write_idx(directory / f"{stem_y}{suffix}", arrays[f"{split}_y"])
     return arrays
 
 
@@ -191,7 +200,7 @@ def test_idx_reader_decodes_a_hand_written_file(tmp_path):
     header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (2, 3, 4))
     (tmp_path / "x.gz").write_bytes(gzip.compress(header + data.tobytes()))
     np.testing.assert_array_equal(idx.read_idx(tmp_path / "x.gz", magic=idx.IMAGES_MAGIC), data)
-    idx.write_idx(tmp_path / "y.gz", data)
+    write_idx(tmp_path / "y.gz", data)
     assert gzip.decompress((tmp_path / "y.gz").read_bytes()) == header + data.tobytes()
 
 

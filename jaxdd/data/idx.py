@@ -73,14 +73,6 @@ def read_idx(path: pathlib.Path, *, magic: int) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=header_size).reshape(dims)
 
 
-def write_idx(path: pathlib.Path, array: np.ndarray) -> None:
-    """Writes a uint8 array with 1 or 3 dimensions as an IDX file (gzip-compressed if `path` ends in .gz)."""
-    array = np.ascontiguousarray(array, np.uint8)
-    header = bytes([0, 0, _UBYTE, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-    data = header + array.tobytes()
-    path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
-
-
 def read_split(directory: pathlib.Path, split: str, *, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Images [N, rows, cols, 1] uint8 and labels [N] uint8 of `split` ('train' or 't10k' files).
 
