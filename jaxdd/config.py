@@ -20,6 +20,7 @@ from jaxdd import (
     models,
     pool,
     sharding,
+    synthetic,
     teachers,
 )
 from jaxdd.config_lists import split_ints, split_names
@@ -278,8 +279,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"on |pixel| in normalised units; default {base_config().max_abs_pixel:g}).",
         )
     require(
-        config.init in ("real", "noise"),
-        f"init={config.init!r} must be 'real' or 'noise' (--config.init=real).",
+        config.init in synthetic.INITS,
+        f"init={config.init!r} must be one of {', '.join(synthetic.INITS)} (--config.init=real).",
     )
     for step in split_ints(config.eval_at, key="eval_at"):
         require(
@@ -296,7 +297,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     pool.validate(config, info)
     _validate_eval(config.eval, info)
     if split_names(config.eval.archs, key="eval.archs"):
-        sharding.resolve_net_devices(config.get("devices", 0))
+        sharding.resolve_net_devices(config.devices)
     if "kd" in config:
         kd.validate(config.kd, info)
     metadd.validate(config, info)

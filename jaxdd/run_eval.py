@@ -48,7 +48,7 @@ class _Run:
     def networks(self) -> dict:
         """How many networks per architecture, and where they train (`evaluation.train_students`)."""
         e = self.config.eval
-        return {"num_nets": e.num_nets, "parallel": e.parallel, "devices": self.config.get("devices", 1)}
+        return {"num_nets": e.num_nets, "parallel": e.parallel, "devices": self.config.devices}
 
     def record(self, name: str, column: str, summary: dict, *, keys, step=None) -> None:
         if distributed.is_main_process():

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxdd import augment, sharding, synthetic, training
+from jaxdd import augment, sharding, training
 from jaxdd.data.real import RealData, sample_class_batch
 from jaxdd.errors import is_finite_number, is_int, require
 from jaxdd.methods.base import NO_HOOKS, DistillState, Hooks, Method, bind_model_step, init_state, pixel_step
@@ -92,7 +92,7 @@ def settings_from_config(
         lr_img=float(dm.lr_img),
         momentum_img=float(dm.momentum_img),
         strategy="_".join(augment.parse_strategy(strategy)),
-        devices=sharding.resolve_devices(config.get("devices", 0), num_classes) if num_classes else 1,
+        devices=sharding.resolve_devices(config.devices, num_classes) if num_classes else 1,
     )
 
 
@@ -236,7 +236,6 @@ def make_step(config: ml_collections.ConfigDict, real: RealData):
 def validate(config: ml_collections.ConfigDict, info) -> None:
     """UserError for a bad `dm.*` value (info: the dataset's `DatasetInfo`); no data, no compilation."""
     dm = config.dm
-    require(config.init in synthetic.INITS, f"init={config.init!r} must be 'real' or 'noise' (DM: real).")
     require(
         is_int(dm.batch_real) and dm.batch_real >= 1,
         f"dm.batch_real={dm.batch_real!r} must be an integer ≥ 1 (the reference: 256).",
@@ -251,7 +250,7 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
     )
     if dm.dsa_strategy:
         augment.parse_strategy(dm.dsa_strategy)
-    sharding.resolve_devices(config.get("devices", 0), info.num_classes)
+    sharding.resolve_devices(config.devices, info.num_classes)
 
 
 METHOD = Method(init=init, make_step=make_step, validate=validate, lr_keys=("dm.lr_img",))

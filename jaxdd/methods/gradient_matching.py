@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxdd import augment, sharding, synthetic, training
+from jaxdd import augment, sharding, training
 from jaxdd.data.real import RealData, class_indices
 from jaxdd.errors import UserError, is_finite_number, is_int, require
 from jaxdd.methods.base import NO_HOOKS, DistillState, Hooks, Method, bind_model_step, init_state, pixel_step
@@ -182,7 +182,7 @@ def settings_from_config(
         class_chunk=gm.class_chunk if gm.class_chunk >= 0 else backend["class_chunk"],
         class_loop=_choice(gm, "class_loop", backend),
         parallel=_choice(gm, "parallel", backend),
-        devices=sharding.resolve_devices(config.get("devices", 0), num_classes) if num_classes else 1,
+        devices=sharding.resolve_devices(config.devices, num_classes) if num_classes else 1,
     )
 
 
@@ -337,7 +337,6 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
     """UserError for a bad `gm.*` value (info: the dataset's `DatasetInfo`); no data, no compilation."""
     gm = config.gm
     require(config.method in ("dc", "dsa"), f"method={config.method!r}: gradient matching is 'dc' or 'dsa'.")
-    require(config.init in synthetic.INITS, f"init={config.init!r} must be 'real' or 'noise'.")
     for name in ("outer_loop", "inner_loop"):
         require(
             is_int(gm[name]) and gm[name] >= 0,
@@ -372,7 +371,7 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
         )
     elif gm.dsa_strategy:
         augment.parse_strategy(gm.dsa_strategy)
-    sharding.resolve_devices(config.get("devices", 0), info.num_classes)
+    sharding.resolve_devices(config.devices, info.num_classes)
     _model(config, info.num_classes, info.image_shape)
 
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxdd import relabel, sharding, synthetic, teachers, training
+from jaxdd import relabel, sharding, teachers, training
 from jaxdd.data.real import RealData, split_name
 from jaxdd.errors import UserError, is_finite_number, is_int, require
 from jaxdd.methods.base import NO_HOOKS, DistillState, Hooks, Method, bind_step, init_state, pixel_step
@@ -115,7 +115,7 @@ def settings_from_config(config: ml_collections.ConfigDict, real_or_info) -> Set
         r_bn=float(s.r_bn),
         min_crop_scale=float(s.min_crop_scale),
         batch_ipc=int(s.batch_ipc),
-        devices=sharding.resolve_devices(config.get("devices", 0), real_or_info.num_classes),
+        devices=sharding.resolve_devices(config.devices, real_or_info.num_classes),
         low=tuple(-m / d for m, d in zip(mean, std, strict=True)),
         high=tuple((1 - m) / d for m, d in zip(mean, std, strict=True)),
     )
@@ -309,7 +309,7 @@ def evaluate_soft_labels(
     results = relabel.evaluate_archs_soft(
         archs, real, images, key, protocol=relabel_protocol(config),
         teacher=(teacher.model, teacher.variables), num_nets=config.eval.num_nets,
-        parallel=config.eval.parallel, devices=config.get("devices", 1), log=log,
+        parallel=config.eval.parallel, devices=config.devices, log=log,
     )  # fmt: skip
     name = teachers.arch_folder_name(teachers.as_arch(config.model))
     return {arch: {**s, "teacher": name, "teacher_acc": teacher.test_accuracy} for arch, s in results.items()}
@@ -327,7 +327,6 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
     """UserError for a bad `sre2l.*` / `teachers.*` value, a teacher without BatchNorm or a missing cached
     teacher that may not be trained (info: the dataset's `DatasetInfo`); nothing compiles."""
     s, r = config.sre2l, config.sre2l.relabel
-    require(config.init in synthetic.INITS, f"init={config.init!r} must be 'noise' (SRe2L) or 'real'.")
     if not uses_batch_norm(teachers.as_arch(config.model)):
         bn_models = ", ".join(name for name in MODELS if uses_batch_norm(name))
         raise UserError(
@@ -372,7 +371,7 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
     )
     for name in ("epochs", "batch_size"):
         require(_positive_int(r[name]), f"sre2l.relabel.{name}={r[name]!r} must be an integer ≥ 1.")
-    sharding.resolve_devices(config.get("devices", 0), info.num_classes)
+    sharding.resolve_devices(config.devices, info.num_classes)
     teachers.validate(config.teachers)
     teachers.require_cached_or_trainable(
         teacher_options(config),
