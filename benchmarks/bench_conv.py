@@ -25,7 +25,7 @@ import optax
 
 from benchmarks.common import write_results
 from jaxdd import training
-from jaxdd.models import conv, get_model
+from jaxdd.models import ConvOptions, get_model
 
 VARIANTS = ("single", "scan", "unroll")
 
@@ -46,22 +46,20 @@ def _programs(model, tx, steps: int):
 
 
 def measure(args) -> list[dict]:
-    """Rows for every (implementation, variant) in this process.
-
-    The implementation is switched through `conv.BACKEND_IMPLEMENTATION`, which `conv2d` reads when a
-    program is traced, so each program is compiled right after the switch.
-    """
+    """Rows for every (implementation, variant) in this process: one model per implementation
+    (`ConvOptions`, part of the model and so of its programs), the same parameters."""
     shape = tuple(int(s) for s in args.shape.split(","))
     x = jax.random.normal(jax.random.PRNGKey(1), (args.batch, *shape))
     y = jnp.arange(args.batch) % 10
     key = jax.random.PRNGKey(2)
     tx = optax.sgd(0.01)
-    model = get_model(args.model, num_classes=10, image_shape=shape)
-    state = training.init_train_state(model, jax.random.PRNGKey(0), image_shape=shape, tx=tx)
-    backend = jax.default_backend()
+    models = {
+        impl: get_model(args.model, num_classes=10, image_shape=shape, conv=ConvOptions(implementation=impl))
+        for impl in ("lax", "canonical")
+    }
+    state = training.init_train_state(models["lax"], jax.random.PRNGKey(0), image_shape=shape, tx=tx)
     runs = {}
-    for impl in ("lax", "canonical"):
-        conv.BACKEND_IMPLEMENTATION[backend] = impl
+    for impl, model in models.items():
         for name, (fn, steps) in _programs(model, tx, args.steps).items():
             start = time.perf_counter()
             jax.block_until_ready(fn(state, x, y, key))

@@ -12,9 +12,9 @@ inner 50 epochs; with 1 and 2 the reference iteration (10 matches + 9 inner trai
 as 10m + 9t from m = t(outer 1) and t = t(outer 2) - 2m. images/s counts real + synthetic images matched:
 K * outer * classes * (batch_real + ipc) per second. A variant whose first run took more than
 --skip-over seconds is not repeated. --product-rows A,B compiles every variant once per value of
-`conv.PRODUCT_WEIGHT_GRADIENT_ROWS` (weight gradients as matrix products or convolutions), so the two
-alternate in one run. Results: benchmarks/results/bench_gradient_matching[_quick]
-.{json,md}, or --name.
+`config.conv.product_weight_gradient_rows` (`ConvOptions`: weight gradients as matrix products or
+convolutions), so the two alternate in one run. The other 'auto' choices are the backend's. Results:
+benchmarks/results/bench_gradient_matching[_quick].{json,md}, or --name.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from benchmarks.common import (
     use_quick_real_set,
     write_results,
 )
+from jaxdd.config import resolve_backend
 from jaxdd.methods import gradient_matching as gm
 from jaxdd.models import conv
 
@@ -93,8 +94,8 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--product-rows",
         default="",
-        help="comma-separated conv.PRODUCT_WEIGHT_GRADIENT_ROWS values to compare (a huge one: always the "
-        "convolution); '' = the module's",
+        help="comma-separated conv.product_weight_gradient_rows values to compare (a huge one: always the "
+        "convolution); '' = the default",
     )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-over", type=float, default=600.0, help="seconds; slower variants run once")
@@ -117,18 +118,18 @@ def main(argv=None) -> None:
     variants = []
     for ipc, outer, inner, k, parallel, chunk, class_loop in _variants(args):
         config = ml_collections.ConfigDict(
-            {"method": args.method, "dataset": "fashion_mnist", "model": args.model, "ipc": ipc}
+            {"devices": 0, "method": args.method, "dataset": "fashion_mnist", "model": args.model, "ipc": ipc}
         )
         config.init, config.seed, config.gm = "noise", 0, gm.default_config()
+        config.conv = conv.default_config()
         config.gm.update(outer_loop=outer, inner_loop=inner, num_nets=k, batch_real=args.batch_real)
         config.gm.update(parallel=parallel, class_chunk=chunk, class_loop=class_loop)
+        resolve_backend(config)
         info = dict(ipc=ipc, outer=outer, inner=inner, K=k, parallel=parallel, class_chunk=chunk)
         info["class_loop"] = class_loop if chunk else "-"
         for rows in product_rows:
-            if len(product_rows) > 1:
-                # read when the step is traced: a fresh trace per value, each compiled program keeps its own
-                conv.PRODUCT_WEIGHT_GRADIENT_ROWS = rows
-                jax.clear_caches()
+            if len(product_rows) > 1:  # part of the models, so of the programs' cache keys
+                config.conv.product_weight_gradient_rows = rows
                 info = {**info, "product_rows": rows}
             print("compiling", info, flush=True)
             variants.append(Variant(config, real, info))

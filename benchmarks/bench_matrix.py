@@ -50,12 +50,13 @@ from benchmarks.common import (
     write_results,
 )
 from jaxdd import sharding
-from jaxdd.config import base_config
+from jaxdd.config import base_config, resolve_backend
 from jaxdd.errors import UserError
 from jaxdd.methods import distribution_matching as dm
 from jaxdd.methods import gradient_matching as gm
 from jaxdd.methods import sre2l
-from jaxdd.models import get_model
+from jaxdd.methods.base import Hooks
+from jaxdd.models import conv, get_model
 
 METHODS = ("dc", "dsa", "dm", "sre2l", "dc_metadd")
 GM_METHODS = ("dc", "dsa", "dc_metadd")
@@ -80,7 +81,7 @@ def _config(spec: dict, *, outer: int = 0) -> ml_collections.ConfigDict:
             outer_loop=outer, inner_loop=inner, num_nets=spec["K"], batch_real=spec["batch_real"]
         )
     config.dm.batch_real = spec["batch_real"]
-    return config
+    return resolve_backend(config)  # the backend's choices, as a run's
 
 
 class Program:
@@ -122,17 +123,27 @@ def _programs(spec: dict, real) -> dict[int, Program]:
             config = _config(spec, outer=outer)
             step = gm.make_step(config, real)  # resolves the devices (UserError when they do not fit)
             state = gm.init(config, real, key)
-            programs[outer] = Program(gm.outer_step, step.args, (state, real), {"aux": aux})
+            programs[outer] = Program(gm.outer_step, step.args, (state, real), {"hooks": Hooks(metadd=aux)})
         return programs
     config = _config(spec)
     if spec["method"] == "dm":
         settings = dm.settings_from_config(
             config, min_class_count=real.min_class_count, num_classes=real.num_classes
         )
-        model = get_model(spec["model"], num_classes=real.num_classes, image_shape=shape)
+        model = get_model(
+            spec["model"],
+            num_classes=real.num_classes,
+            image_shape=shape,
+            conv=conv.options_from_config(config),
+        )
         state = dm.init(config, real, key)
         return {1: Program(dm.outer_step, (model, settings), (state, real), {})}
-    teacher = get_model(spec["teacher"], num_classes=real.num_classes, image_shape=shape)
+    teacher = get_model(
+        spec["teacher"],
+        num_classes=real.num_classes,
+        image_shape=shape,
+        conv=conv.options_from_config(config),
+    )
     variables = dict(teacher.init(jax.random.PRNGKey(1), real.train_images[:1], train=False))
     state = sre2l.init(config, real, key)
     settings = sre2l.settings_from_config(config, real)

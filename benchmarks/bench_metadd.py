@@ -25,6 +25,7 @@ import ml_collections
 
 from benchmarks.common import stand_in_real, write_results
 from jaxdd import metadd
+from jaxdd.config import base_config, resolve_backend
 from jaxdd.methods import gradient_matching as gm
 from jaxdd.methods.base import Hooks
 from jaxdd.models import get_model
@@ -34,12 +35,10 @@ NUM_CLASSES = 10
 
 
 def _config(batch_real: int) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict(
-        {"method": "dc", "dataset": "fashion_mnist", "model": "ConvNet", "ipc": 1, "init": "noise", "seed": 0}
-    )
-    config.gm = gm.default_config()
+    config = base_config()
+    config.update({"method": "dc", "dataset": "fashion_mnist", "model": "ConvNet", "ipc": 1, "init": "noise"})
     config.gm.batch_real = batch_real
-    return config
+    return resolve_backend(config)  # the backend's choices, as a run's
 
 
 def _auxiliaries(

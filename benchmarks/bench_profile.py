@@ -33,7 +33,9 @@ from benchmarks.common import (
     use_quick_real_set,
     write_results,
 )
+from jaxdd.config import resolve_backend
 from jaxdd.methods import gradient_matching as gm
+from jaxdd.models import conv
 
 CONTROL_FLOW = {"while", "conditional", "call"}
 # `name = type opcode(operands), attributes` in the text of the compiled HLO module
@@ -182,10 +184,18 @@ def main(argv=None) -> None:
         args.model, args.name = {"width": 8, "depth": 1}, args.name + "_quick"
     real = real_set_from_args(args)
     config = ml_collections.ConfigDict(
-        {"method": "dc", "dataset": "fashion_mnist", "model": args.model, "ipc": args.ipc, "init": "noise"}
+        {
+            "devices": 0,
+            "method": "dc",
+            "dataset": "fashion_mnist",
+            "model": args.model,
+            "ipc": args.ipc,
+            "init": "noise",
+        }
     )
-    config.seed, config.gm = 0, gm.default_config()
+    config.seed, config.gm, config.conv = 0, gm.default_config(), conv.default_config()
     config.gm.update(outer_loop=1, num_nets=1, batch_real=args.batch_real)
+    resolve_backend(config)  # the backend's choices, as a run's
     state = gm.init(config, real, jax.random.PRNGKey(0))
     step = gm.make_step(config, real)
     compiled = gm.outer_step.lower(*step.args, state, real).compile()

@@ -43,6 +43,7 @@ from benchmarks.common import (
     use_quick_real_set,
     write_results,
 )
+from jaxdd.config import resolve_backend
 from jaxdd.methods import gradient_matching as gm
 
 try:
@@ -218,11 +219,19 @@ def main(argv=None) -> None:
         ref_outer, inner = gm.loops_for_ipc(ipc)
         for outer in [ref_outer] if ipc == 1 else [int(o) for o in args.outers.split(",")]:
             config = ml_collections.ConfigDict(
-                {"method": "dc", "dataset": "fashion_mnist", "ipc": ipc, "init": "noise", "seed": 0}
+                {
+                    "devices": 0,
+                    "method": "dc",
+                    "dataset": "fashion_mnist",
+                    "ipc": ipc,
+                    "init": "noise",
+                    "seed": 0,
+                }
             )
             config.model = {"width": args.width, "depth": args.depth}
             config.gm = gm.default_config()
             config.gm.update(outer_loop=outer, inner_loop=inner, batch_real=args.batch_real)
+            resolve_backend(config)  # the backend's choices, as a run's
             info = {"ipc": ipc, "outer": outer, "inner": inner}
             print("compiling", info, flush=True)
             jaxdd_variant = Variant(config, real, info)

@@ -64,7 +64,7 @@ def feature_tap(model: nn.Module, image_shape: tuple[int, int, int], *, min_map_
             calls.append((tuple(context.module.path), tuple(out.shape[1:])))
         return out
 
-    x = jax.ShapeDtypeStruct((1, *map(int, image_shape)), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, *map(int, image_shape)), jnp.result_type(float))  # float64 under x64
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
     with nn.intercept_methods(record):
         jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,19 @@ class Checkpointer:
       directory: the checkpoint folder (created if missing), e.g. `<workdir>/checkpoints`.
       max_to_keep: how many of the latest steps are kept; older ones are deleted after each save.
       async_save: write files in a background thread (`save` returns after the device-to-host copy).
+      read_config: applied to every config read back (`saved_config`, `restore_latest`) and to the
+        current one before they are compared, e.g. `jaxdd.config.resolve_backend`, so that an older
+        run's 'auto' means this backend's choice; None: as they are.
     """
 
-    def __init__(self, directory: str | Path, *, max_to_keep: int = 3, async_save: bool = True):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        max_to_keep: int = 3,
+        async_save: bool = True,
+        read_config: Callable[[dict], dict] | None = None,
+    ):
         if max_to_keep < 1:
             raise UserError(f"max_to_keep (keep_checkpoints) = {max_to_keep!r} must be ≥ 1, e.g. 3.")
         self.directory = Path(directory).absolute()
@@ -85,6 +96,7 @@ class Checkpointer:
             },
             options=options,
         )
+        self._read_config = read_config or (lambda config: config)
         self._closed = False
 
     def steps(self) -> list[int]:
@@ -164,55 +176,59 @@ class Checkpointer:
             steps = [step for step in steps if step <= max_step]
         if not steps:
             return None
-        current = _jsonable(config)
+        current = self._read_config(_jsonable(config))
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        compare = lambda saved, step: check_config(
+            saved, current, step, self.directory, allow_change=allow_config_change,
+            ignored_keys=ignored_keys, log=log, defaults=defaults,
+        )  # fmt: skip
         unreadable: list[tuple[int, str]] = []
-        for index, step in enumerate(steps):
-            try:
-                saved = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-                check_config(
-                    saved.config,
-                    current,
-                    step,
-                    self.directory,
-                    allow_change=allow_config_change,
-                    ignored_keys=ignored_keys,
-                    log=log,
-                    defaults=defaults,
-                )
-                _check_structure(self._manager.item_metadata(step).state, abstract, step, self.directory)
-                restored = self._manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-                )
-                self._verify(step, restored.state)
-                if check is not None:
-                    check(restored.state)
-            except (UserError, MemoryError):
-                raise
-            except Exception as error:  # a corrupt or half-deleted step: any error Orbax/TensorStore raise
-                _quiet_closed_loop_callbacks()
-                reason = _short(error)
-                unreadable.append((step, reason))
-                following = f"trying iteration {steps[index + 1]}" if index + 1 < len(steps) else "none older"
-                log(
-                    f"Warning: the checkpoint of iteration {step} in {self.directory} cannot be read "
-                    f"({reason}); {following}."
-                )
-                continue
-            self._set_aside([s for s, _ in unreadable], log)
-            return restored.state, int(step)
+        with _QuietClosedLoop() as quiet:  # until shortly after the last failed read
+            for index, step in enumerate(steps):
+                try:
+                    state = self._restore_step(step, abstract, compare, check)
+                except (UserError, MemoryError):
+                    raise
+                except Exception as error:  # a corrupt or half-deleted step: anything Orbax raises
+                    quiet.read_failed()
+                    reason = _short(error)
+                    unreadable.append((step, reason))
+                    following = (
+                        f"trying iteration {steps[index + 1]}" if index < len(steps) - 1 else "none older"
+                    )
+                    log(
+                        f"Warning: the checkpoint of iteration {step} in {self.directory} cannot be read "
+                        f"({reason}); {following}."
+                    )
+                    continue
+                self._set_aside([s for s, _ in unreadable], log)
+                return state, int(step)
         details = "; ".join(f"iteration {s}: {reason}" for s, reason in unreadable)
         raise UserError(
             f"None of the checkpoints in {self.directory} can be read ({details}). Nothing was changed. "
             f"Use a new --workdir to start afresh, or move {self.directory} away."
         )
 
+    def _restore_step(self, step: int, abstract: Any, compare: Callable, check: Callable | None) -> Any:
+        """The state saved at `step` into `abstract`'s structure, after `compare(its config, step)`;
+        raises for an unreadable step (and `compare`'s UserError)."""
+        saved = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        compare(self._read_config(saved.config), step)
+        _check_structure(self._manager.item_metadata(step).state, abstract, step, self.directory)
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        )
+        self._verify(step, restored.state)
+        if check is not None:
+            check(restored.state)
+        return restored.state
+
     def saved_config(self, step: int) -> dict:
         """The config (a JSON dict) saved with `step`; raises what Orbax raises for an unreadable step."""
         saved = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
         if not isinstance(saved, Mapping):
             raise ValueError(f"the stored config is {type(saved).__name__}, not a JSON object")
-        return dict(saved)
+        return self._read_config(dict(saved))
 
     def _verify(self, step: int, state: Any) -> None:
         """ValueError when the restored state is non-finite or differs from the digest saved with it.
@@ -253,26 +269,47 @@ class Checkpointer:
             log(f"Moved the unreadable checkpoint of iteration {step} to {target} (safe to delete).")
 
 
-def _quiet_closed_loop_callbacks() -> None:
-    """Drops the 'Event loop is closed' tracebacks that a failed restore otherwise prints.
+class _QuietClosedLoop:
+    """Drops the 'Event loop is closed' tracebacks that a failed restore otherwise prints, for the `with`
+    block of a restore and, when a read failed (`read_failed`), until `GRACE_S` after the last failure.
 
     When TensorStore fails one read of a restore, Orbax's event loop ends while TensorStore's other reads
-    are still completing; their callbacks then raise in TensorStore's threads, a few milliseconds after
-    `restore` returned, and Python prints each as an ignored exception. They are harmless (the failure
-    itself was raised and handled) but arrive too late for a scoped handler, so the filter stays installed
-    for the process; it drops only that message and passes every other unraisable exception on.
+    are still completing; their callbacks then raise in TensorStore's threads, up to a few milliseconds
+    after `restore` raised (0.1-2 ms, orbax-checkpoint 0.12), and Python prints each as an ignored
+    exception. They are harmless (the failure itself was raised and handled). The filter replaces
+    `sys.unraisablehook` only meanwhile (from before the first read: a callback may beat the `except`
+    clause), drops only that message and passes every other unraisable exception on; the previous hook
+    is back afterwards (a hook installed over it meanwhile keeps working: the filter then passes
+    everything on).
     """
-    previous = sys.unraisablehook
-    if getattr(previous, "_jaxdd_quiet_closed_loop", False):
-        return
 
-    def hook(unraisable):
+    GRACE_S = 0.2  # after the last failed read: 100x the latest callback seen
+
+    def __init__(self):
+        self._previous: Callable = sys.unraisablehook
+        self._active = False
+        self._last_failure: float | None = None
+
+    def read_failed(self) -> None:
+        self._last_failure = time.monotonic()
+
+    def _hook(self, unraisable) -> None:
         error = unraisable.exc_value
-        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
-            previous(unraisable)
+        closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+        if not (self._active and closed_loop):
+            self._previous(unraisable)
 
-    hook._jaxdd_quiet_closed_loop = True
-    sys.unraisablehook = hook
+    def __enter__(self) -> _QuietClosedLoop:
+        self._previous, self._active = sys.unraisablehook, True
+        sys.unraisablehook = self._hook
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._last_failure is not None:
+            time.sleep(max(0.0, self._last_failure + self.GRACE_S - time.monotonic()))
+        self._active = False
+        if sys.unraisablehook == self._hook:
+            sys.unraisablehook = self._previous
 
 
 def state_digest(tree: Any) -> dict:

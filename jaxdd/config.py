@@ -4,8 +4,10 @@ error (unknown name, bad value, impossible shape) before any data is loaded or a
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 
+import jax
 import ml_collections
 
 from jaxdd import (
@@ -26,6 +28,7 @@ from jaxdd import (
 from jaxdd.config_lists import split_ints, split_names
 from jaxdd.errors import UserError, is_finite_number, is_int, require
 from jaxdd.methods import distribution_matching, gradient_matching, sre2l
+from jaxdd.models import conv
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -36,6 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.ipc = 10
     config.method = "random"
     config.model = "ConvNet"  # the distillation architecture
+    # How every network's convolutions are computed (`jaxdd.models.conv.ConvOptions`); implementation
+    # 'auto': the backend's measured choice ('canonical' on CPU, 'lax' on accelerators).
+    config.conv = conv.default_config()
     config.init = "real"  # 'real' | 'noise': how the synthetic images start
     config.iterations = 0
     config.seed = 0
@@ -108,24 +114,66 @@ RULES = {
 }
 
 
+# Keys a config may leave at 'auto' (gm.class_chunk: -1), the measured choice of the backend the process
+# runs on: {key: (that marker, rule(backend) -> the choice)}. `resolve_backend` fills them in `validate`
+# from `jax.default_backend()`, read here only, so config.json records the choice and the library receives
+# it; a config read back from disk passes through it too, so an older run's 'auto' means what it meant.
+BACKEND_RULES = {
+    "conv.implementation": ("auto", conv.backend_implementation),
+    "eval.parallel": ("auto", evaluation.backend_parallelism),
+    "gm.parallel": ("auto", functools.partial(gradient_matching.backend_default, "parallel")),
+    "gm.class_chunk": (-1, functools.partial(gradient_matching.backend_default, "class_chunk")),
+    "gm.class_loop": ("auto", functools.partial(gradient_matching.backend_default, "class_loop")),
+}
+
+
+def _parent(config, dotted: str):
+    """(the section holding `dotted`'s last part, that part), or (None, part) where a section is missing
+    (tools build partial configs). Sections are ConfigDicts or, in a config read back from JSON, dicts."""
+    *parents, last = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node.get(part) if isinstance(node, ml_collections.ConfigDict | dict) else None
+    return (node if isinstance(node, ml_collections.ConfigDict | dict) else None), last
+
+
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Fills, in place, every key of `RULES` that `config` leaves at AUTO from its rule; idempotent.
     Returns `config`."""
     for dotted, rule in RULES.items():
-        *parents, last = dotted.split(".")
-        node = config
-        for part in parents:
-            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-        value = node.get(last) if isinstance(node, ml_collections.ConfigDict) else None
+        node, last = _parent(config, dotted)
+        value = node.get(last) if node is not None else None
         if is_finite_number(value) and value == AUTO:
             node[last] = rule(config)
     return config
 
 
+def resolve_backend(config, backend: str | None = None):
+    """Fills, in place, every key of `BACKEND_RULES` that `config` (a ConfigDict, or a dict read back from
+    config.json or a checkpoint) leaves at its marker with the choice of `backend` ('cpu', 'gpu', 'tpu';
+    None: this process's, `jax.default_backend()`); a missing key stays missing. Idempotent; returns
+    `config`."""
+    backend = backend or jax.default_backend()
+    for dotted, (marker, rule) in BACKEND_RULES.items():
+        node, last = _parent(config, dotted)
+        value = node.get(last) if node is not None else None
+        if value == marker and not isinstance(value, bool):
+            node[last] = rule(backend)
+    return config
+
+
+# Keys added with a default that is NOT how runs before them behaved: a saved config without the key
+# ran as this value (so resuming such a run under the new default is a named config difference).
+ABSENT_MEANS = {
+    "metadd.min_map_size": 0,  # MetaDD tapped the last map, however coarse (VGG11: 2x2 at 28x28)
+}
+
+
 def default_values() -> dict:
-    """{dotted key: JSON value} of `base_config()`: what a key missing from an older run's saved config
-    means, when the key was added to jaxdd after that run (`checkpointing.config_differences`)."""
-    return checkpointing.flatten_config(base_config())
+    """{dotted key: JSON value} of `base_config()` with this backend's choices (`resolve_backend`), and
+    `ABSENT_MEANS` over them: what a key missing from an older run's saved config means, when the key was
+    added to jaxdd after that run (`checkpointing.config_differences`)."""
+    return {**checkpointing.flatten_config(resolve_backend(base_config())), **ABSENT_MEANS}
 
 
 def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
@@ -225,9 +273,11 @@ def eval_protocol(eval_config: ml_collections.ConfigDict, dataset: str) -> evalu
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Fills the keys left at AUTO (`resolve`, after every override), then raises `UserError` naming the
-    first bad value and its fix; cheap (no data, no compilation)."""
+    """Fills the keys left at AUTO (`resolve`, after every override) and the backend's choices
+    (`resolve_backend`), then raises `UserError` naming the first bad value and its fix; cheap (no data,
+    no compilation)."""
     resolve(config)
+    resolve_backend(config)
     check_keys(config, base_config())
     info = data.dataset_info(config.dataset)
     method = methods.get_method(config.method)
@@ -293,6 +343,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
     if "distributed" in config:
         distributed.validate(config.distributed)
+    conv.options_from_config(config)
     models.check_input_shape(config.model, info.image_shape, info.num_classes)
     pool.validate(config, info)
     _validate_eval(config.eval, info)

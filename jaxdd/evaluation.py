@@ -25,13 +25,15 @@ import optax
 from jaxdd import augment as dsa
 from jaxdd import eval_cache, sharding, training
 from jaxdd.data.real import RealData
-from jaxdd.models import get_model
+from jaxdd.errors import UserError
+from jaxdd.models import ConvOptions, get_model
 
 # How N networks of one architecture are trained, per backend. Measured by benchmarks/bench_eval.py:
 # on the 2-core CPU a Python loop over one compiled network beats vmap (batched convolutions lower
 # poorly there); accelerators are fed better by one vmapped program.
 DEFAULT_PARALLELISM = {"cpu": "loop", "gpu": "vmap", "tpu": "vmap"}
-PARALLELISM_CHOICES = ("auto", "loop", "vmap")
+MODES = ("loop", "vmap")
+PARALLELISM_CHOICES = ("auto", *MODES)  # eval.parallel; 'auto' is resolved by jaxdd.config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,11 +173,10 @@ def train_network_epoch(
     )
 
 
-def resolve_parallelism(parallel: str, backend: str | None = None) -> str:
-    """'loop' or 'vmap': `parallel` itself, or the measured default of the backend for 'auto'."""
-    if parallel != "auto":
-        return parallel
-    return DEFAULT_PARALLELISM.get(backend or jax.default_backend(), "vmap")
+def backend_parallelism(backend: str) -> str:
+    """The measured way of training N networks on `backend` (`DEFAULT_PARALLELISM`; another: 'vmap'),
+    what `jaxdd.config` puts for eval.parallel='auto'."""
+    return DEFAULT_PARALLELISM.get(backend, "vmap")
 
 
 def network_block(one: Callable, mode: str, devices: int) -> Callable:
@@ -205,25 +206,30 @@ def train_students(
     *,
     test: tuple[jax.Array, jax.Array],
     loss_args=(),
-    parallel: str = "auto",
+    parallel: str = "loop",
     devices: int = 1,
 ) -> np.ndarray:
     """Test accuracies [N] of N fresh students, one per key in `keys` [N, 2], trained on (images
     [N,H,W,C], labels [N]) and tested on `test` (images [M,H,W,C], labels [M]), on `devices` devices (0:
     all visible; `sharding.resolve_net_devices`). The one trainer of plain, KD and soft-label students.
 
-    'vmap' (`resolve_parallelism`) trains a device's networks as one batched computation, 'loop' one
-    network per device at a time; each compiles one program. The keys are padded to a multiple of the
-    device count (`sharding.pad_rows`; the padding's results are dropped), so network i is always trained
-    from keys[i]: results agree up to float reassociation and do not depend on the device count.
+    `parallel` 'vmap' trains a device's networks as one batched computation, 'loop' (the CPU's measured
+    choice, `backend_parallelism`) one network per device at a time; each compiles one program. The keys
+    are padded to a multiple of the device count (`sharding.pad_rows`; the padding's results are
+    dropped), so network i is always trained from keys[i]: results agree up to float reassociation and do
+    not depend on the device count.
     """
-    mode = resolve_parallelism(parallel)
+    if parallel not in MODES:
+        raise UserError(
+            f"parallel={parallel!r} must be one of {', '.join(MODES)} (eval.parallel='auto' is the backend's "
+            "choice, which jaxdd.config.validate fills in)."
+        )
     devices = sharding.resolve_net_devices(devices)
     padded = sharding.pad_rows(keys, devices)
-    size = devices if mode == "loop" else padded.shape[0]
+    size = devices if parallel == "loop" else padded.shape[0]
     shared = (loss_args, images, labels, *test)
     blocks = [
-        _accuracy_block(student, mode, devices, padded[start : start + size], *shared)
+        _accuracy_block(student, parallel, devices, padded[start : start + size], *shared)
         for start in range(0, padded.shape[0], size)
     ]
     return np.concatenate([np.asarray(b) for b in blocks])[: keys.shape[0]]
@@ -238,7 +244,7 @@ def evaluate_model(
     test_images: jax.Array,
     test_labels: jax.Array,
     *,
-    parallel: str = "auto",
+    parallel: str = "loop",
     devices: int = 1,
 ) -> np.ndarray:
     """Test accuracies [N] of N plain networks (cross-entropy, the protocol's SGD), one per key in `keys`
@@ -264,13 +270,14 @@ def evaluate_archs(
     *,
     protocol: EvalProtocol,
     num_nets: int,
-    parallel: str = "auto",
+    parallel: str = "loop",
     devices: int = 1,
+    conv: ConvOptions = ConvOptions(),
     cache: tuple[Path, dict, bool] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
     """The protocol for every architecture in `archs`: {arch: {'mean', 'std', 'accs', 'seconds'}}, the
-    networks split over `devices` devices (`evaluate_model`); `cache` as in `for_each_arch`.
+    networks split over `devices` devices (`evaluate_model`); `conv`, `cache` as in `for_each_arch`.
 
     Each architecture gets its networks' keys from `fold_in(key, index)`, so adding an architecture to
     the list does not change the others' results, and two sets evaluated with the same key see the same
@@ -290,6 +297,7 @@ def evaluate_archs(
         key,
         accuracies,
         note=lambda summary: f"{num_nets} nets, {summary['seconds']:.1f} s",
+        conv=conv,
         cache=cache,
         log=log,
     )
@@ -303,11 +311,13 @@ def for_each_arch(
     *,
     note: Callable[[dict], str],
     label: Callable[[str], str] = str,
+    conv: ConvOptions = ConvOptions(),
     cache: tuple[Path, dict, bool] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
     """{arch: `summarize(accs, seconds, **extra)`} where `accuracies(model, fold_in(key, index))` returns
-    (accs [num_nets], extra) for architecture `archs[index]`; logs one line per architecture, its
+    (accs [num_nets], extra) for architecture `archs[index]`, its model's convolutions computed as `conv`
+    says (a run's `config.conv`); logs one line per architecture, its
     `label(arch)`, the cell and `note(summary)`. The one loop behind plain, KD and soft-label students, so
     all three draw their networks from the same per-architecture keys.
 
@@ -327,7 +337,7 @@ def for_each_arch(
                 results[arch] = cached
                 log(f"  {label(arch):<14} {format_cell(cached)}  (cached: {entry.name})")
                 continue
-        model = get_model(arch, num_classes=real.num_classes, image_shape=real.image_shape)
+        model = get_model(arch, num_classes=real.num_classes, image_shape=real.image_shape, conv=conv)
         start = time.perf_counter()
         accs, extra = accuracies(model, arch_key)
         results[arch] = summarize(accs, seconds=round(time.perf_counter() - start, 2), **extra)

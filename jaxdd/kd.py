@@ -32,7 +32,7 @@ from flax import struct
 from jaxdd import config_lists, evaluation, losses, training
 from jaxdd.data.real import RealData, class_indices
 from jaxdd.errors import UserError, is_finite_number, is_int, require
-from jaxdd.models import check_input_shape, get_model
+from jaxdd.models import ConvOptions, check_input_shape, get_model
 
 COLUMN_SUFFIX = "+KD"  # eval.json / table.md column of an architecture's KD students
 
@@ -210,10 +210,11 @@ def train_teacher(
     key: jax.Array,
     *,
     protocol: evaluation.EvalProtocol,
+    conv: ConvOptions = ConvOptions(),
 ) -> tuple[nn.Module, training.TrainState, float]:
-    """(teacher module, its trained state, its test accuracy): `options.teacher` trained on the set with
-    the protocol, initialised from `fold_in(key, TEACHER_STREAM)`."""
-    model = get_model(options.teacher, num_classes=real.num_classes, image_shape=real.image_shape)
+    """(teacher module, its trained state, its test accuracy): `options.teacher` (its convolutions as
+    `conv` says) trained on the set with the protocol, initialised from `fold_in(key, TEACHER_STREAM)`."""
+    model = get_model(options.teacher, num_classes=real.num_classes, image_shape=real.image_shape, conv=conv)
     state = _train_teacher(model, protocol, jax.random.fold_in(key, TEACHER_STREAM), images, labels)
     accuracy = _teacher_accuracy(model, protocol, state, real.test_images, real.test_labels)
     return model, state, float(accuracy)
@@ -229,19 +230,21 @@ def evaluate_archs_kd(
     protocol: evaluation.EvalProtocol,
     options: KDOptions,
     num_nets: int,
-    parallel: str = "auto",
+    parallel: str = "loop",
     devices: int = 1,
+    conv: ConvOptions = ConvOptions(),
     log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
-    """KD students of every architecture, on `devices` devices: {arch: {'mean', 'std', 'accs', 'seconds',
-    'temperature', 'alpha', 'teacher', 'teacher_acc'[, 'search']}}.
+    """KD students of every architecture, on `devices` devices, the teacher's and the students'
+    convolutions as `conv` says: {arch: {'mean', 'std', 'accs', 'seconds', 'temperature', 'alpha',
+    'teacher', 'teacher_acc'[, 'search']}}.
 
     Student keys are those of `evaluation.evaluate_archs` with the same `key` (paired with the plain
     networks); 'search' holds the validation accuracy of each τ when `options.temperatures` is set.
     """
     start = time.perf_counter()
     teacher_model, teacher_state, teacher_acc = train_teacher(
-        options, real, images, labels, key, protocol=protocol
+        options, real, images, labels, key, protocol=protocol, conv=conv
     )
     log(f"  KD teacher {options.teacher}: {100 * teacher_acc:.1f}% ({time.perf_counter() - start:.1f} s)")
     validation = None
@@ -270,6 +273,7 @@ def evaluate_archs_kd(
         accuracies,
         note=lambda summary: f"τ {summary['temperature']:g}",
         label=column,
+        conv=conv,
         log=log,
     )
 

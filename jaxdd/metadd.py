@@ -1,28 +1,21 @@
-"""MetaDD: an architecture-invariant regularizer for any base method (DESIGN §4.6).
+"""MetaDD: an architecture-invariant regularizer for any base method (DESIGN §4.6; docs/metadd.md).
 
 Paper: "MetaDD: Boosting Dataset Distillation with Neural Network Architecture-Invariant Generalization".
 M frozen auxiliary networks of different architectures (trained once on the real data and cached by
-`jaxdd.teachers`) look at the synthetic images S [N, H, W, C] with labels y [N]; `cams[M, N, H, W]` are
-their Grad-CAMs on the pixel grid (`jaxdd.cam`). The regularizer is
+`jaxdd.teachers`) look at the synthetic images; their Grad-CAMs (`jaxdd.cam`) and predictions give two
+terms, L_var (where the evidence is: the maps' variance or misalignment) and L_ai (what the image is),
+whose pixel gradient g_R is added to the base method's, weighted by fixed λs or balanced at every step
+to a set fraction of the base gradient's norm (`jaxdd.metadd_gradient` has the formulas and metrics;
+`jaxdd.metadd_terms` the terms; docs/metadd.md the options and where each network is tapped).
 
-    R(S) = λ_var · L_var + λ_ai · L_ai
-    L_var = mean_{n,h,w} Var_m cams[m, n, h, w]
-    L_ai  = Σ_m [ CE(f_m(S), y) + KL(p̄ ‖ p_m) ],   p̄ = mean_m p_m   (each averaged over images)
-
-and a base method minimises L_base + R. A λ of 0 switches its term off (not traced). The meta-feature
-fraction (pixels where every map ≥ 0.5) and the heterogeneous fraction (≥ 0.5 for some maps, not all)
-are returned as metrics.
-
-The plug-in is ONE hook, `add_gradient(aux, images, labels, key, grad) -> (grad, metrics)`, called by
-`methods.base.pixel_step`, the pixel update every method's jitted step goes through, between the base
-pixel gradient and the optimiser update, with the key of the base loss. ∂L_base/∂S + ∂R/∂S is the
-gradient of L_base + R, so the base loss code stays untouched. `aux` (`load_auxiliaries`) is bound to
-every method's step by `methods.base.bind_step`: an `Auxiliaries` pytree passed to the step as a jit
-ARGUMENT (its variables are traced inputs, not constants folded at compile time; the modules, feature
-taps and options are static pytree metadata); `None` (MetaDD off) makes the hook the identity.
-
-Low memory: `images_per_step` > 0 regularises a random subset of that many images per call (drawn from
-the hook's key; their gradient is the subset mean's, an unbiased estimate of the full mean's).
+The plug-in is ONE hook, `add_gradient(aux, images, labels, key, grad, base_norm=, backbone=)`, called by
+`methods.base.pixel_step` between the base pixel gradient and the optimiser update, with the key of the
+base loss; `base_norm` is the norm of the base gradient applied (the method's 'grad_norm', times the
+pool's 'grad_scale' when that rescales it) and `backbone` (images -> logits) the method's own network,
+for kl_target='backbone'. `aux` (`load_auxiliaries`) is a jit ARGUMENT of every method's step
+(`methods.base.Hooks`): its variables are traced inputs, the modules, feature taps and options static
+pytree metadata; None makes the hook the identity. `images_per_step` > 0 regularises a random subset of
+that many images per call (low memory; its gradient is the subset mean's, an unbiased estimate).
 """
 
 from __future__ import annotations
@@ -32,50 +25,110 @@ from collections.abc import Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import struct
 
 from jaxdd import cam, config_lists, teachers
+from jaxdd import metadd_gradient as gradient
+from jaxdd import metadd_terms as terms
 from jaxdd.data.real import RealData, split_name
 from jaxdd.errors import UserError, is_finite_number, is_int, require
-from jaxdd.models import get_model
+from jaxdd.models import conv, get_model
 
-META_THRESHOLD = 0.5  # the paper's definition of a (meta) feature pixel
 # Mixed into a step's key so the subset draw never reuses a key the method derives by split ("meta").
 METADD_STREAM = 0x6D657461
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """The `config.metadd` defaults (DESIGN §4.6): off; four auxiliary architectures, λs 1."""
-    return ml_collections.ConfigDict(
-        {
-            "enabled": False,
-            # comma-separated registry names, or a list of names / ConvNet spec dicts
-            "archs": "ConvNet,AlexNet,VGG11,ResNet18",
-            "lambda_var": 1.0,  # 0 switches L_var off
-            "lambda_ai": 1.0,  # 0 switches L_ai off
-            "images_per_step": 0,  # synthetic images regularised per step (random subset); 0 = all
-            "cam_epsilon": 1e-6,  # min-max normalisation: (m − min) / (max − min + ε)
-        }
-    )
+PROBE_SEED = 0  # the fixed key of the weight-stop probe: a structural property, any key finds it
+BALANCES, CAM_TERMS, WEIGHT_GRADIENTS = ("fixed", "ratio"), ("variance", "alignment"), ("auto", "full")
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """Static MetaDD settings (hashable)."""
+    """MetaDD's settings: the `config.metadd` keys besides `enabled` and `archs` (static, hashable).
+
+    Attributes:
+      lambda_var, lambda_ai: balance='fixed''s weights of L_var and L_ai.
+      balance: 'fixed' | 'ratio' (each term's gradient rescaled at every step to `var_ratio` /
+        `ai_ratio` times the base gradient's norm; the λs are then unused).
+      images_per_step: synthetic images regularised per step (a random subset); 0 = all.
+      cam_epsilon: the normalisation's ε. normalisation: 'minmax' (Grad-CAM's relu + min-max) |
+        'pre_relu' | 'softmax' (`cam.normalise_maps`: the last two leave no map frozen).
+      cam_term: 'variance' | 'alignment'. cam_threshold: map pixels below it count as 0 (0: off).
+      min_map_size: each auxiliary is tapped at its last map at least this wide (`cam.feature_tap`).
+      kl_target: L_ai's KL target, 'mean' | 'backbone' | 'none'.
+      weight_gradient: 'auto' (no gradient through the Grad-CAM weights where the network after the tap
+        is piecewise linear: exact there, `cam.probe_linear_head`) | 'full'.
+      min_aux_accuracy: an auxiliary whose test accuracy is below this fraction of the best auxiliary's
+        is named weak in the log.
+    """
 
     lambda_var: float = 1.0
     lambda_ai: float = 1.0
     images_per_step: int = 0
     cam_epsilon: float = 1e-6
+    balance: str = "fixed"
+    var_ratio: float = 0.1
+    ai_ratio: float = 0.1
+    normalisation: str = "minmax"
+    cam_term: str = "variance"
+    cam_threshold: float = 0.0
+    min_map_size: int = 4
+    kl_target: str = "mean"
+    weight_gradient: str = "auto"
+    min_aux_accuracy: float = 0.8
+
+    def __post_init__(self):
+        choices = {"balance": BALANCES, "normalisation": cam.NORMALISATIONS, "cam_term": CAM_TERMS}
+        choices |= {"kl_target": terms.KL_TARGETS, "weight_gradient": WEIGHT_GRADIENTS}
+        for name, valid in choices.items():
+            value = getattr(self, name)
+            require(value in valid, f"metadd.{name}={value!r}: choose one of {', '.join(map(repr, valid))}.")
+        for name in ("lambda_var", "lambda_ai", "var_ratio", "ai_ratio"):
+            value = getattr(self, name)
+            require(
+                is_finite_number(value) and value >= 0,
+                f"metadd.{name}={value!r} must be ≥ 0 and finite (0 switches the term off).",
+            )
+        keys = "metadd.lambda_var, lambda_ai" if self.balance == "fixed" else "metadd.var_ratio, ai_ratio"
+        require(any(self.weights), f"metadd.enabled but both weights ({keys}) are 0: set one > 0.")
+        require(
+            is_finite_number(self.cam_epsilon) and self.cam_epsilon > 0,
+            f"metadd.cam_epsilon={self.cam_epsilon!r} must be > 0 and finite (default 1e-6).",
+        )
+        for name, meaning in (("images_per_step", "0: every image"), ("min_map_size", "0: the last map")):
+            value = getattr(self, name)
+            require(
+                is_int(value) and value >= 0, f"metadd.{name}={value!r} must be an integer ≥ 0 ({meaning})."
+            )
+        bound = float("inf") if self.normalisation == "softmax" else 1.0  # the other maps lie in [0, 1]
+        t = self.cam_threshold
+        require(
+            is_finite_number(t) and 0 <= t < bound,
+            f"metadd.cam_threshold={t!r} must be ≥ 0 (0: off) and, with normalisation "
+            f"{self.normalisation!r} (maps in [0, 1]), below 1.",
+        )
+        a = self.min_aux_accuracy
+        require(is_finite_number(a) and 0 <= a <= 1, f"metadd.min_aux_accuracy={a!r} must lie in [0, 1].")
+
+    @property
+    def weights(self) -> tuple[float, float]:
+        """(L_var's, L_ai's): the λs with balance='fixed', the ratios with 'ratio'."""
+        if self.balance == "fixed":
+            return self.lambda_var, self.lambda_ai
+        return self.var_ratio, self.ai_ratio
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `config.metadd` defaults (DESIGN §4.6): off; four auxiliary architectures; `Options()`."""
+    # archs: comma-separated registry names, or a list of names / ConvNet spec dicts
+    defaults = {"enabled": False, "archs": "ConvNet,AlexNet,VGG11,ResNet18"}
+    return ml_collections.ConfigDict({**defaults, **dataclasses.asdict(Options())})
 
 
 @struct.dataclass
 class Auxiliaries:
     """The M frozen auxiliary networks: `variables` (a tuple of {'params', 'batch_stats'?}) are pytree
-    leaves, i.e. jit arguments; `models`, `taps` (`cam.feature_tap` per network) and `options` are static."""
+    leaves, i.e. jit arguments; `models`, `taps` (`cam.Tap` per network) and `options` are static."""
 
     variables: tuple
     models: tuple[nn.Module, ...] = struct.field(pytree_node=False)
@@ -84,89 +137,38 @@ class Auxiliaries:
 
 
 def make_auxiliaries(models, variables, image_shape, options: Options = Options()) -> Auxiliaries:
-    """`Auxiliaries` of trained networks for images (H, W, C) (feature taps found abstractly)."""
-    taps = tuple(cam.feature_tap(model, tuple(image_shape)) for model in models)
-    return Auxiliaries(variables=tuple(variables), models=tuple(models), taps=taps, options=options)
-
-
-# ---- the loss ----
-
-
-def cam_variance(cams: jax.Array) -> jax.Array:
-    """L_var: the per-pixel (population) variance over the M maps of cams [M, N, H, W], averaged."""
-    return jnp.mean(jnp.var(cams, axis=0))
-
-
-def agreement_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """L_ai = Σ_m [CE(logits_m, y) + KL(p̄ ‖ p_m)] for logits [M, N, K], labels [N]; means over images."""
-    log_p = jax.nn.log_softmax(logits, axis=-1)
-    log_mean = jax.nn.logsumexp(log_p, axis=0) - jnp.log(logits.shape[0])  # log p̄ [N, K]
-    kl = jnp.sum(jnp.exp(log_mean) * (log_mean - log_p), axis=-1)  # [M, N]
-    ce = -jnp.take_along_axis(log_p, jnp.broadcast_to(labels[None, :, None], (*logits.shape[:2], 1)), -1)
-    return jnp.sum(jnp.mean(ce[..., 0] + kl, axis=1))
-
-
-def feature_fractions(cams: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(meta, heterogeneous) pixel fractions of cams [M, N, H, W]: every map ≥ 0.5; some but not all."""
-    above = cams >= META_THRESHOLD
-    every, some = jnp.all(above, axis=0), jnp.any(above, axis=0)
-    return jnp.mean(every), jnp.mean(some & ~every)
-
-
-def cams_and_logits(aux: Auxiliaries, images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(cams [M, N, H, W], logits [M, N, K]) of images [N, H, W, C]; a Python loop over the networks
-    (different architectures cannot be vmapped or scanned together). `jax.checkpoint` around each
-    network's CAM (recompute instead of keep) was measured: it raised XLA CPU's temporary memory, so
-    it is not used."""
-    outs = [
-        cam.grad_cam(model, variables, images, labels, tap, epsilon=aux.options.cam_epsilon)
-        for model, variables, tap in zip(aux.models, aux.variables, aux.taps, strict=True)
-    ]
-    return jnp.stack([c for c, _ in outs]), jnp.stack([z for _, z in outs])
-
-
-def metadd_loss(aux: Auxiliaries, images: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict]:
-    """(R = λ_var·L_var + λ_ai·L_ai, metrics) of images [N, H, W, C], labels [N]; terms with λ = 0 are
-    reported but not part of R."""
-    cams, logits = cams_and_logits(aux, images, labels)
-    variance, agreement = cam_variance(cams), agreement_loss(logits, labels)
-    o = aux.options
-    loss = jnp.zeros(())
-    if o.lambda_var:
-        loss = loss + o.lambda_var * variance
-    if o.lambda_ai:
-        loss = loss + o.lambda_ai * agreement
-    meta, hetero = feature_fractions(jax.lax.stop_gradient(cams))
-    metrics = {"metadd_var": variance, "metadd_ai": agreement, "meta_fraction": meta}
-    metrics["hetero_fraction"] = hetero
-    return loss, metrics
-
-
-def metadd_loss_and_grad(
-    aux: Auxiliaries, images: jax.Array, labels: jax.Array, key: jax.Array
-) -> tuple[jax.Array, jax.Array, dict]:
-    """(R, ∂R/∂images [N, H, W, C], metrics) on `aux.options.images_per_step` images drawn with `key`
-    (all when 0 or ≥ N; the others get a zero gradient)."""
-    n, subset = images.shape[0], aux.options.images_per_step
-    value_and_grad = jax.value_and_grad(lambda x, y: metadd_loss(aux, x, y), has_aux=True)
-    if not subset or subset >= n:
-        (loss, metrics), grad = value_and_grad(images, labels)
-        return loss, grad, metrics
-    rows = jax.random.choice(key, n, (subset,), replace=False)
-    (loss, metrics), sub_grad = value_and_grad(images[rows], labels[rows])
-    return loss, jnp.zeros_like(images).at[rows].set(sub_grad), metrics
+    """`Auxiliaries` of trained networks for images (H, W, C): each tapped at its last map at least
+    `options.min_map_size` wide (found abstractly); with weight_gradient='auto' each tap is probed with
+    these variables for a piecewise-linear head (`cam.probe_linear_head`, key `PROBE_SEED`)."""
+    shape = tuple(image_shape)
+    taps = [cam.feature_tap(model, shape, min_map_size=options.min_map_size) for model in models]
+    if options.weight_gradient == "auto":
+        key = jax.random.key(PROBE_SEED)
+        pairs = zip(models, variables, taps, strict=True)
+        taps = [cam.probe_linear_head(model, v, shape, tap, key) for model, v, tap in pairs]
+    return Auxiliaries(variables=tuple(variables), models=tuple(models), taps=tuple(taps), options=options)
 
 
 def add_gradient(
-    aux: Auxiliaries | None, images: jax.Array, labels: jax.Array, key: jax.Array, grad: jax.Array
+    aux: Auxiliaries | None,
+    images: jax.Array,
+    labels: jax.Array,
+    key: jax.Array,
+    grad: jax.Array,
+    *,
+    base_norm: jax.Array | None = None,
+    backbone: gradient.Backbone | None = None,
 ) -> tuple[jax.Array, dict]:
-    """THE hook of every method (`methods.base.pixel_step`): (grad + ∂R/∂images, metrics) before the pixel
+    """THE hook of every method (`methods.base.pixel_step`): (grad + g_R, metrics) before the pixel
     optimiser's update; the identity (grad, {}) when `aux` is None. `key`: the base loss's key (mixed
-    with `METADD_STREAM`)."""
+    with `METADD_STREAM`); `base_norm`: the norm of the base gradient applied (default ‖grad‖);
+    `backbone`: the base method's network (images -> logits), for kl_target='backbone'."""
     if aux is None:
         return grad, {}
-    loss, metadd_grad, metrics = metadd_loss_and_grad(
-        aux, images, labels, jax.random.fold_in(key, METADD_STREAM)
+    base_norm = optax.tree.norm(grad) if base_norm is None else base_norm
+    subset_key = jax.random.fold_in(key, METADD_STREAM)
+    loss, metadd_grad, metrics = gradient.metadd_loss_and_grad(
+        aux, images, labels, subset_key, base_norm=base_norm, backbone=backbone
     )
     metrics = {"metadd_loss": loss, **metrics, "metadd_grad_norm": optax.tree.norm(metadd_grad)}
     return grad + metadd_grad, metrics
@@ -185,25 +187,50 @@ def arch_list(metadd: ml_collections.ConfigDict) -> tuple[teachers.Arch, ...]:
 
 
 def options_from_config(metadd: ml_collections.ConfigDict) -> Options:
-    return Options(
-        lambda_var=float(metadd.lambda_var),
-        lambda_ai=float(metadd.lambda_ai),
-        images_per_step=int(metadd.images_per_step),
-        cam_epsilon=float(metadd.cam_epsilon),
-    )
+    """`Options` of the `config.metadd` block; UserError naming a bad key."""
+    return Options(**{field.name: metadd[field.name] for field in dataclasses.fields(Options)})
+
+
+def auxiliary_report(accuracies: list[tuple[str, float]], taps, options: Options) -> list[str]:
+    """Log lines for the auxiliaries (name, test accuracy) and their `cam.Tap`s: each one's accuracy, tap
+    and whether its CAM weights' gradient is skipped; then a warning naming each weak one, below
+    `options.min_aux_accuracy` × the best auxiliary's accuracy (docs/metadd.md says why 0.8)."""
+    lines = []
+    for (name, accuracy), tap in zip(accuracies, taps, strict=True):
+        how = "skipped (piecewise-linear head)" if gradient.stops_weights(options, tap) else "kept"
+        where = f"{'/'.join(tap.path)} ({'x'.join(map(str, tap.map_shape))})"
+        lines.append(f"MetaDD auxiliary {name}: test accuracy {100 * accuracy:.1f}%, Grad-CAM at {where}, "
+                     f"the CAM weights' gradient {how}")  # fmt: skip
+    best, best_accuracy = max(accuracies, key=lambda pair: pair[1])
+    for name, accuracy in accuracies:
+        if accuracy < options.min_aux_accuracy * best_accuracy:
+            lines.append(
+                f"Warning: MetaDD auxiliary {name} is weak: test accuracy {100 * accuracy:.1f}% is below "
+                f"metadd.min_aux_accuracy={options.min_aux_accuracy} × the best auxiliary's ({best}, "
+                f"{100 * best_accuracy:.1f}%): its Grad-CAM explains a network that barely recognises the "
+                "data. Train it longer (--config.teachers.epochs) or drop it from metadd.archs."
+            )
+    return lines
 
 
 def load_auxiliaries(
     config: ml_collections.ConfigDict, real: RealData, *, log: Callable[[str], None] = print
 ) -> Auxiliaries | None:
     """The run's auxiliary networks (cached, or trained now with `config.teachers` from
-    `purpose_key(teachers.seed, 'teacher')`, as SRe2L's teacher), or None when MetaDD is off."""
+    `purpose_key(teachers.seed, 'teacher')`, as SRe2L's teacher), or None when MetaDD is off. Logs
+    `auxiliary_report` (teachers.json in the run folder records the same accuracies)."""
     if not enabled(config):
         return None
-    options = teachers.options_from_config(config.teachers, config.dataset)
-    nets = [teachers.load_or_train_teacher(a, real, options, log=log) for a in arch_list(config.metadd)]
-    models, variables = [t.model for t in nets], [t.variables for t in nets]
-    return make_auxiliaries(models, variables, real.image_shape, options_from_config(config.metadd))
+    archs, options = arch_list(config.metadd), options_from_config(config.metadd)
+    teacher_options = teachers.options_from_config(
+        config.teachers, config.dataset, conv=conv.options_from_config(config)
+    )
+    nets = [teachers.load_or_train_teacher(arch, real, teacher_options, log=log) for arch in archs]
+    aux = make_auxiliaries([t.model for t in nets], [t.variables for t in nets], real.image_shape, options)
+    accuracies = [(teachers.arch_folder_name(a), t.test_accuracy) for a, t in zip(archs, nets, strict=True)]
+    for line in auxiliary_report(accuracies, aux.taps, options):
+        log(line)
+    return aux
 
 
 def validate(config: ml_collections.ConfigDict, info) -> None:
@@ -215,35 +242,20 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
         config.method in ("dc", "dsa", "dm", "sre2l"),
         f"metadd.enabled with method={config.method!r}: MetaDD regularises dc, dsa, dm or sre2l.",
     )
-    for name in ("lambda_var", "lambda_ai"):
-        require(
-            is_finite_number(m[name]) and m[name] >= 0,
-            f"metadd.{name}={m[name]!r} must be ≥ 0 and finite (0 switches the term off; default 1).",
-        )
-    require(m.lambda_var > 0 or m.lambda_ai > 0, "metadd.enabled but both λs are 0: set one > 0.")
-    require(
-        is_finite_number(m.cam_epsilon) and m.cam_epsilon > 0,
-        f"metadd.cam_epsilon={m.cam_epsilon!r} must be > 0 and finite (default 1e-6).",
-    )
-    count = m.images_per_step
-    require(
-        is_int(count) and count >= 0,
-        f"metadd.images_per_step={count!r} must be an integer ≥ 0 (0: every synthetic image).",
-    )
-    archs = arch_list(m)
+    options, archs = options_from_config(m), arch_list(m)
     require(
         len(archs) >= 2,
         f"metadd.archs={m.archs!r} names {len(archs)} network(s): MetaDD compares at least 2 architectures.",
     )
+    teacher_options = teachers.options_from_config(config.teachers, config.dataset)
     for arch in archs:
         try:
             model = get_model(arch, num_classes=info.num_classes, image_shape=tuple(info.image_shape))
-            cam.feature_tap(model, tuple(info.image_shape))
+            cam.feature_tap(model, tuple(info.image_shape), min_map_size=options.min_map_size)
         except UserError as error:
             message = f"metadd.archs has {arch!r}, which cannot be an auxiliary network: {error}"
             raise UserError(message) from None
         teachers.require_cached_or_trainable(
-            teachers.options_from_config(config.teachers, config.dataset), info, arch,
-            flag="--config.teachers.train",
+            teacher_options, info, arch, flag="--config.teachers.train",
             split=split_name(config.holdout.per_class, config.holdout.seed),
         )  # fmt: skip

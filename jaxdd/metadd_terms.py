@@ -5,8 +5,9 @@ cams [M, N, H, W]: the M auxiliary networks' normalised CAMs of the N synthetic 
 architectures disagree about WHERE the evidence is; the agreement term how much they disagree about
 WHAT the image is (and whether each recognises it).
 
+- `remove_low_confidence`: the paper's removal of low-confidence regions, pixels below a threshold set to 0.
 - `cam_variance`: L_var = mean_{n,h,w} Var_m cams[m, n, h, w] (the paper's variance over the maps);
-  with `threshold` > 0 over the maps with their low-confidence pixels (< threshold) set to 0.
+  with `threshold` > 0 over the maps with their low-confidence pixels removed.
 - `cam_misalignment`: 1 − the mean pairwise cosine of the centred maps (c − mean_{h,w} c): a
   scale-free alternative to the variance, 0 when every architecture's map is the same up to an
   affine change.
@@ -25,12 +26,15 @@ KL_TARGETS = ("mean", "backbone", "none")
 META_THRESHOLD = 0.5  # the paper's definition of a (meta) feature pixel
 
 
+def remove_low_confidence(cams: jax.Array, threshold: float) -> jax.Array:
+    """cams [..., H, W] with every pixel below `threshold` set to 0 (no gradient there); 0: unchanged."""
+    return jnp.where(cams >= threshold, cams, 0.0) if threshold else cams
+
+
 def cam_variance(cams: jax.Array, threshold: float = 0.0) -> jax.Array:
     """L_var of cams [M, N, H, W]: the per-pixel (population) variance over the M maps, averaged; with
     `threshold` > 0 the pixels of a map below it count as 0 (the paper's low-confidence removal)."""
-    if threshold:
-        cams = jnp.where(cams >= threshold, cams, 0.0)
-    return jnp.mean(jnp.var(cams, axis=0))
+    return jnp.mean(jnp.var(remove_low_confidence(cams, threshold), axis=0))
 
 
 def cam_misalignment(cams: jax.Array, epsilon: float = 1e-8) -> jax.Array:

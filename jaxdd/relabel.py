@@ -25,6 +25,7 @@ import optax
 
 from jaxdd import evaluation, losses, training
 from jaxdd.data.real import RealData
+from jaxdd.models import ConvOptions
 from jaxdd.resized_crop import random_resized_crop_flip
 
 COLUMN_SUFFIX = "+soft"
@@ -87,13 +88,14 @@ def evaluate_archs_soft(
     protocol: RelabelProtocol,
     teacher: tuple[nn.Module, dict],
     num_nets: int,
-    parallel: str = "auto",
+    parallel: str = "loop",
     devices: int = 1,
+    conv: ConvOptions = ConvOptions(),
     log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
     """Soft-label students of every architecture: {arch: {'mean', 'std', 'accs', 'seconds',
     'temperature'}}; architecture i's students use `split(fold_in(key, i), num_nets)`, split over
-    `devices` devices (`evaluation.train_students`)."""
+    `devices` devices (`evaluation.train_students`), their convolutions as `conv` says."""
     teacher_model, teacher_variables = teacher
     labels = jnp.zeros(images.shape[:1], jnp.int32)  # unused: the soft labels replace them
 
@@ -106,5 +108,6 @@ def evaluate_archs_soft(
         return accs, {"temperature": protocol.temperature}
 
     return evaluation.for_each_arch(
-        archs, real, key, accuracies, note=lambda _: f"T {protocol.temperature:g}", label=column, log=log
-    )
+        archs, real, key, accuracies, note=lambda _: f"T {protocol.temperature:g}", label=column, conv=conv,
+        log=log,
+    )  # fmt: skip

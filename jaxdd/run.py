@@ -30,7 +30,7 @@ from jaxdd import (
     synthetic,
     teachers,
 )
-from jaxdd.config import default_values, split_ints, validate
+from jaxdd.config import default_values, resolve_backend, split_ints, validate
 from jaxdd.data.real import RealData
 from jaxdd.errors import UserError
 from jaxdd.export import NCHW_FILE, save_nchw
@@ -85,7 +85,7 @@ def check_resumable(
     """Raises UserError, before any data is loaded, when the checkpoints in `directory` cannot continue
     into this config: a result-changing key differs, or `iterations` is below the run's checkpoints and
     none was saved at exactly `iterations`. Says aloud what a permitted change means."""
-    with checkpointing.Checkpointer(directory, max_to_keep=config.keep_checkpoints) as checkpointer:
+    with _checkpointer(config, directory) as checkpointer:
         steps = checkpointer.steps()
         if not steps:
             return
@@ -103,7 +103,7 @@ def check_resumable(
             return
     checkpointing.check_config(
         saved,
-        config.to_dict(),
+        resolve_backend(config.to_dict()),  # as `saved` is read: the same on a config not validated
         newest,
         directory,
         allow_change=config.resume_with_changed_config,
@@ -131,6 +131,14 @@ def check_resumable(
         log(f"Resuming iteration {newest} with a new learning rate ({listed}; resume_with_new_lr).")
 
 
+def _checkpointer(config: ml_collections.ConfigDict, directory: Path) -> checkpointing.Checkpointer:
+    """The run's checkpoints; their configs and this run's are compared with this backend's choices where
+    they say 'auto' (`resolve_backend`; configs saved before runs recorded the choices say it)."""
+    return checkpointing.Checkpointer(
+        directory, max_to_keep=config.keep_checkpoints, read_config=resolve_backend
+    )
+
+
 def distill(
     config: ml_collections.ConfigDict,
     method: Method,
@@ -148,7 +156,7 @@ def distill(
     """
     metrics_path = workdir / "metrics.jsonl"
     bound = float(config.get("max_abs_pixel", DEFAULT_MAX_ABS_PIXEL))
-    checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
+    checkpointer = _checkpointer(config, workdir / "checkpoints")
     try:
         restored = checkpointer.restore_latest(
             state,
@@ -171,7 +179,7 @@ def distill(
             reporting.write_json(workdir / "config.json", config.to_dict())
             if restored is not None:
                 reporting.append_metrics(metrics_path, {"event": "resume", "from_iteration": first})
-        step_fn = method.make_step(config, real)
+        step_fn = method.make_step(config, real, log=log)
         eval_at = set(split_ints(config.eval_at))
         progress = reporting.Progress(total=config.iterations)
         pending = []

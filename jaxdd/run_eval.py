@@ -18,6 +18,7 @@ import ml_collections
 from jaxdd import data, distributed, eval_cache, evaluation, kd, relabel, results, run_folder, synthetic
 from jaxdd.config import eval_protocol, split_names, validate
 from jaxdd.methods import sre2l
+from jaxdd.models import conv
 from jaxdd.seeding import purpose_key
 
 EVAL_CACHE_DIR = "eval_cache"  # the run folder's `jaxdd.eval_cache` of plain students
@@ -46,9 +47,15 @@ class _Run:
 
     @property
     def networks(self) -> dict:
-        """How many networks per architecture, and where they train (`evaluation.train_students`)."""
-        e = self.config.eval
-        return {"num_nets": e.num_nets, "parallel": e.parallel, "devices": self.config.devices}
+        """How many networks per architecture, where they train (`evaluation.train_students`) and how
+        their convolutions are computed."""
+        e, conv_options = self.config.eval, conv.options_from_config(self.config)
+        return {
+            "num_nets": e.num_nets,
+            "parallel": e.parallel,
+            "devices": self.config.devices,
+            "conv": conv_options,
+        }
 
     def record(self, name: str, column: str, summary: dict, *, keys, step=None) -> None:
         if distributed.is_main_process():

@@ -28,7 +28,7 @@ from pathlib import Path
 import ml_collections
 
 from jaxdd import checkpointing, pool, recipe, reporting, selection, study_report
-from jaxdd.config import default_values, resolve, resolve_augment, validate
+from jaxdd.config import default_values, resolve, resolve_augment, resolve_backend, validate
 from jaxdd.config_lists import split_ints, split_names
 from jaxdd.errors import UserError, is_int, require
 from jaxdd.models.registry import CONVNETS
@@ -203,9 +203,11 @@ def finished(config: ml_collections.ConfigDict, folder: Path) -> bool:
     is done with a config that differs in a key that changes its numbers."""
     if not (folder / "eval.json").is_file() or not (folder / "config.json").is_file():
         return False
-    saved = json.loads((folder / "config.json").read_text())
+    # both with this backend's choices for 'auto': a cell's config.json of before runs recorded them, and
+    # a grid cell's config, not validated yet
+    saved = resolve_backend(json.loads((folder / "config.json").read_text()))
     differences = checkpointing.config_differences(
-        saved, config.to_dict(), ignored_keys=CELL_IGNORED_KEYS, defaults=default_values()
+        saved, resolve_backend(config.to_dict()), ignored_keys=CELL_IGNORED_KEYS, defaults=default_values()
     )
     if not differences:
         return True

@@ -35,7 +35,7 @@ import orbax.checkpoint as ocp
 from jaxdd import augment, evaluation, reporting, training
 from jaxdd.data.real import RealData
 from jaxdd.errors import UserError, is_finite_number, is_int
-from jaxdd.models import ConvNetSpec, get_model
+from jaxdd.models import ConvNetSpec, ConvOptions, get_model
 from jaxdd.seeding import purpose_key
 
 META_FILE = "teacher.json"
@@ -71,7 +71,8 @@ def default_config() -> ml_collections.ConfigDict:
 @dataclasses.dataclass(frozen=True)
 class TeacherOptions:
     """Where teachers live, whether a missing one may be trained, and how (lr ×0.1 at half, from
-    `purpose_key(seed, 'teacher')`)."""
+    `purpose_key(seed, 'teacher')`); `conv`: how the teachers' convolutions are computed (the run's
+    `config.conv`), which decides the speed, not the network: it is not part of the cache key."""
 
     directory: str
     train: bool = True
@@ -79,6 +80,7 @@ class TeacherOptions:
         default_factory=lambda: evaluation.EvalProtocol(epochs=20)
     )
     seed: int = 0
+    conv: ConvOptions = ConvOptions()
 
 
 class Teacher(NamedTuple):
@@ -91,8 +93,11 @@ class Teacher(NamedTuple):
     meta: dict  # the cache entry's teacher.json: its `key` (how it was trained) and test accuracy
 
 
-def options_from_config(teachers: ml_collections.ConfigDict, dataset: str) -> TeacherOptions:
-    """`TeacherOptions` from `config.teachers`; 'dsa' augmentation is the dataset's DSA strategy."""
+def options_from_config(
+    teachers: ml_collections.ConfigDict, dataset: str, *, conv: ConvOptions = ConvOptions()
+) -> TeacherOptions:
+    """`TeacherOptions` from `config.teachers` and `conv` (the run's `config.conv`, for the teachers it
+    trains or loads); 'dsa' augmentation is the dataset's DSA strategy."""
     strategy = augment.default_strategy(dataset) if teachers.augment == "dsa" else teachers.augment
     protocol = evaluation.EvalProtocol(
         epochs=int(teachers.epochs),
@@ -103,8 +108,9 @@ def options_from_config(teachers: ml_collections.ConfigDict, dataset: str) -> Te
         augment=strategy,
     )
     return TeacherOptions(
-        directory=teachers.dir, train=bool(teachers.train), protocol=protocol, seed=int(teachers.seed)
-    )
+        directory=teachers.dir, train=bool(teachers.train), protocol=protocol, seed=int(teachers.seed),
+        conv=conv,
+    )  # fmt: skip
 
 
 def as_arch(spec) -> Arch:
@@ -295,7 +301,7 @@ def load_or_train_teacher(
     """
     arch = as_arch(arch)
     name = arch_folder_name(arch)
-    model = get_model(arch, num_classes=real.num_classes, image_shape=real.image_shape)
+    model = get_model(arch, num_classes=real.num_classes, image_shape=real.image_shape, conv=options.conv)
     key = cache_key(options, real.name, arch, real.image_shape, real.num_classes, real.split)
     folder = entry_dir(options, key)
     if is_cached(folder):

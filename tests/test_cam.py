@@ -43,7 +43,7 @@ def test_softmax_maps_are_one_where_the_map_is_uniform_and_average_one_otherwise
 
 
 def test_an_unknown_normalisation_is_named():
-    with pytest.raises(ValueError, match="'sigmoid'"):
+    with pytest.raises(ValueError, match=r"'sigmoid'"):
         cam.normalise_maps(ONE_POSITIVE_CELL, (3, 3), 1e-6, "sigmoid")
 
 

@@ -1,6 +1,8 @@
 """Checkpointing: exact round trips, retention, fallback past unreadable steps, config checks."""
 
+import functools
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,11 +12,12 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jaxdd.checkpointing import IGNORED_CONFIG_KEYS, Checkpointer, config_differences
+from jaxdd.config import resolve_backend
 from jaxdd.errors import UserError
 from jaxdd.methods.base import DistillState
 
-# Orbax's callbacks after a failed restore may land just after a test ends, outside the filter that
-# `Checkpointer` installs (pytest swaps `sys.unraisablehook` per test).
+# Orbax's callbacks after a failed restore may land after the filter a failed restore installs is gone
+# (`test_a_restore_drops_the_closed_event_loops_noise_and_then_puts_the_hook_back`).
 pytestmark = pytest.mark.filterwarnings(
     "ignore:(?s).*Event loop is closed:pytest.PytestUnraisableExceptionWarning"
 )
@@ -233,6 +236,55 @@ def test_resume_accepts_a_key_added_since_at_its_default(tmp_path):
             make_state(0), grown, defaults={"added.per_class": 0}, log=lambda _: None
         )
     assert step == 1
+
+
+def test_an_older_configs_auto_is_read_as_this_backends_choice(tmp_path):
+    """A run saved before runs recorded the backend's choices says 'auto'; read with `resolve_backend` it
+    says what it meant on this backend, and resumes under a config that records the choice."""
+    save_steps(tmp_path, [1], config={**CONFIG, "gm": {"lr_img": 0.1, "parallel": "auto"}})
+    resolved = {**CONFIG, "gm": {"lr_img": 0.1, "parallel": "loop"}}
+    with pytest.raises(UserError, match=r"gm\.parallel: 'auto' → 'loop'"):
+        restore(tmp_path, config=resolved)
+    on_cpu = functools.partial(resolve_backend, backend="cpu")
+    with Checkpointer(tmp_path, read_config=on_cpu) as ckpt:
+        assert ckpt.saved_config(1)["gm"] == resolved["gm"]
+        _, step = ckpt.restore_latest(ABSTRACT, resolved, log=lambda _: None)
+    assert step == 1
+
+
+class _Unraisable:
+    """An object whose finaliser raises `error`: dropped, it reaches `sys.unraisablehook`, as
+    TensorStore's late callbacks do."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def __del__(self):
+        raise self.error
+
+
+def test_a_restore_drops_the_closed_event_loops_noise_and_then_puts_the_hook_back(tmp_path, monkeypatch):
+    heard = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: heard.append(unraisable))
+    hook = sys.unraisablehook
+    save_steps(tmp_path, [1, 2, 3])
+    assert restore(tmp_path)[0][1] == 3 and sys.unraisablehook is hook  # put back after a clean restore too
+    _truncate_arrays(tmp_path / "3")
+
+    def late_callbacks(state):  # step 2, read after step 3 failed
+        _Unraisable(RuntimeError("Event loop is closed"))
+        _Unraisable(RuntimeError("another error"))
+
+    (_, step), _ = restore(tmp_path, check=late_callbacks)
+    assert step == 2 and _ours(heard) == ["another error"]  # only the closed event loop's noise is dropped
+    assert sys.unraisablehook is hook  # the process's hook is back
+    _Unraisable(RuntimeError("Event loop is closed"))
+    assert _ours(heard) == ["another error", "Event loop is closed"]
+
+
+def _ours(heard) -> list[str]:
+    """The messages of the `_Unraisable`s among `heard` (TensorStore's own may land here too)."""
+    return [str(u.exc_value) for u in heard if getattr(u.object, "__qualname__", "") == "_Unraisable.__del__"]
 
 
 def test_a_non_finite_state_is_never_saved(tmp_path):

@@ -3,12 +3,13 @@ method, recipe arguments, recipe files and command-line overrides, each mistake 
 
 import math
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
 
-from jaxdd import recipe
-from jaxdd.config import apply_arg, base_config, validate
+from jaxdd import checkpointing, recipe
+from jaxdd.config import apply_arg, base_config, default_values, resolve_backend, validate
 from jaxdd.config_lists import split_floats, split_ints, split_list, split_names
 from jaxdd.errors import UserError, is_finite_number
 
@@ -354,3 +355,50 @@ def test_a_data_dir_that_is_not_a_folder_is_refused(tmp_path):
         validate(config)
     config.data_dir = str(tmp_path)
     validate(config)
+
+
+# ---- the backend's choices, resolved once at the edge ----
+
+BACKEND_KEYS = ("conv.implementation", "eval.parallel", "gm.parallel", "gm.class_chunk", "gm.class_loop")
+
+
+def _values(config, keys=BACKEND_KEYS):
+    flat = checkpointing.flatten_config(config)
+    return tuple(flat[key] for key in keys)
+
+
+def test_validate_records_the_backends_choices_in_the_config():
+    config = base_config()
+    config.dataset, config.eval.archs = "digits", "ConvNet"
+    assert _values(config) == ("auto", "auto", "auto", -1, "auto")
+    validate(config)
+    assert _values(config) == _values(resolve_backend(base_config(), jax.default_backend()))
+    assert "auto" not in _values(config) and -1 not in _values(config)
+
+
+@pytest.mark.parametrize(
+    ("backend", "expected"),
+    [("cpu", ("canonical", "loop", "loop", 1, "map")), ("gpu", ("lax", "vmap", "vmap", 10, "map"))],
+)
+def test_resolve_backend_fills_only_the_keys_left_at_their_marker(backend, expected):
+    assert _values(resolve_backend(base_config(), backend)) == expected
+    config = base_config()
+    config.gm.class_chunk, config.eval.parallel = 0, "vmap"  # chosen: kept
+    resolve_backend(config, backend)
+    assert (config.gm.class_chunk, config.eval.parallel) == (0, "vmap")
+    assert resolve_backend(resolve_backend(base_config(), backend), "tpu") == resolve_backend(
+        base_config(), backend
+    )
+    partial = ml_collections.ConfigDict({"gm": {"parallel": "auto"}})  # tools build partial configs
+    assert resolve_backend(partial, backend).to_dict() == {"gm": {"parallel": expected[2]}}
+
+
+def test_an_older_runs_saved_auto_and_missing_conv_section_are_no_difference():
+    """config.json of a run before the choices were recorded: 'auto' / -1, and no `conv` section."""
+    old = base_config().to_dict()
+    del old["conv"]
+    recorded = resolve_backend(base_config()).to_dict()  # what validate records now
+    differences = checkpointing.config_differences(old, recorded, ignored_keys=(), defaults=default_values())
+    assert set(differences) == {"eval.parallel", "gm.parallel", "gm.class_chunk", "gm.class_loop"}
+    read = resolve_backend(old)  # as run.py and study.py read a saved config
+    assert checkpointing.config_differences(read, recorded, ignored_keys=(), defaults=default_values()) == {}

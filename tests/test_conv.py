@@ -1,12 +1,16 @@
 """The canonical convolution equals XLA's, in value and in first- and second-order derivatives, for the
 kernel / stride / padding combinations the model zoo uses (float64, so only reassociation differs)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from jaxdd.models import conv
+from jaxdd.errors import UserError
+from jaxdd.models import conv, get_model
 
 CASES = [  # (kernel, stride, padding, image size, in channels)
     (3, 1, 1, 8, 3),  # ConvNet
@@ -16,9 +20,9 @@ CASES = [  # (kernel, stride, padding, image size, in channels)
     (3, 2, 1, 8, 2),  # ResNet downsampling
     (1, 2, 0, 8, 2),  # ResNet shortcut
     (3, 1, 0, 5, 2),
-    (3, 1, 1, 6, 16),  # 9·16 window columns > conv.IM2COL_COLUMNS: one weight-gradient product per offset
-    # maps of at most conv.SMALL_OUTPUT_PIXELS outputs take the slices-and-product path (VGG11's last
-    # stages)
+    (3, 1, 1, 6, 16),  # 9·16 window columns > im2col_columns: one weight-gradient product per offset
+    # maps of at most ConvOptions.small_output_pixels outputs take the slices-and-product path (VGG11's
+    # last stages)
     (3, 1, 1, 2, 4),
     (3, 1, 1, 3, 2),
     (3, 1, 1, 1, 2),
@@ -34,8 +38,10 @@ def _inputs(k, size, cin, cout=3, seed=0):
 
 
 def _loss(implementation, stride, padding):
+    options = conv.ConvOptions(implementation=implementation)
+
     def loss(x, w):
-        y = conv.conv2d(x, w, stride=stride, padding=padding, implementation=implementation)
+        y = conv.conv2d(x, w, stride=stride, padding=padding, options=options)
         return jnp.sum(jnp.tanh(y) * jnp.cos(y))
 
     return loss
@@ -48,7 +54,8 @@ def test_canonical_matches_lax_to_the_second_order(k, stride, padding, size, cin
         results = {}
         for impl in ("lax", "canonical"):
             loss = _loss(impl, stride, padding)
-            value = conv.conv2d(x, w, stride=stride, padding=padding, implementation=impl)
+            options = conv.ConvOptions(implementation=impl)
+            value = conv.conv2d(x, w, stride=stride, padding=padding, options=options)
             dx, dw = jax.grad(loss, argnums=(0, 1))(x, w)
             # gradient matching's second order: d/dx of a function of dL/dw
             ddx = jax.grad(lambda x, loss=loss: jnp.sum(jnp.sin(jax.grad(loss, argnums=1)(x, w))))(x)
@@ -69,9 +76,9 @@ def test_small_maps_take_the_slices_path(monkeypatch):
 
 
 @pytest.mark.parametrize("im2col_columns", [0, 128])  # one product per kernel offset / all in one
-def test_weight_gradient_is_the_sum_over_pixels_of_window_times_output_gradient(monkeypatch, im2col_columns):
+def test_weight_gradient_is_the_sum_over_pixels_of_window_times_output_gradient(im2col_columns):
     """dw[i, j, c, d] = Σ_{b,h,w} xpad[b, h+i, w+j, c] · g[b, h, w, d], written out with numpy loops."""
-    monkeypatch.setattr(conv, "IM2COL_COLUMNS", im2col_columns)
+    options = conv.ConvOptions(im2col_columns=im2col_columns)
     rng = np.random.default_rng(1)
     x, g = rng.normal(size=(2, 5, 4, 3)), rng.normal(size=(2, 4, 5, 2))
     pads = ((1, 2), (2, 1))  # asymmetric, so a swapped axis or pad shows
@@ -83,16 +90,59 @@ def test_weight_gradient_is_the_sum_over_pixels_of_window_times_output_gradient(
             window = xpad[:, i : i + 4, j : j + 5]
             want[i, j] = np.einsum("bhwc,bhwd->cd", window, g)
     with jax.enable_x64(True):
-        got = conv.weight_gradient(jnp.asarray(x), jnp.asarray(g), pads, kernel)
+        got = conv.weight_gradient(jnp.asarray(x), jnp.asarray(g), pads, kernel, options)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=1e-12)
 
 
 def test_output_shape_follows_torch():
     x, w = _inputs(3, 28, 1, cout=4)
-    assert conv.conv2d(x, w, stride=1, padding=3, implementation="canonical").shape == (2, 32, 32, 4)
-    assert conv.conv2d(x, w, stride=2, padding=1, implementation="canonical").shape == (2, 14, 14, 4)
+    assert conv.conv2d(x, w, stride=1, padding=3).shape == (2, 32, 32, 4)
+    assert conv.conv2d(x, w, stride=2, padding=1).shape == (2, 14, 14, 4)
 
 
-def test_unknown_implementation_is_named():
-    with pytest.raises(ValueError, match="'cudnn'"):
-        conv.resolve("cudnn")
+@pytest.mark.parametrize(
+    ("field", "value"), [("implementation", "cudnn"), ("implementation", "auto"), ("im2col_columns", -1)]
+)
+def test_bad_options_are_named(field, value):
+    with pytest.raises(UserError, match=rf"conv\.{field}={value!r}"):
+        conv.ConvOptions(**{field: value})
+
+
+def test_the_config_section_is_the_options_with_the_backends_implementation():
+    section = conv.default_config()
+    assert section.implementation == "auto"  # resolved by jaxdd.config for the backend
+    section.implementation = conv.backend_implementation("gpu")
+    config = ml_collections.ConfigDict({"conv": section})
+    assert conv.options_from_config(config) == conv.ConvOptions(implementation="lax")
+    assert conv.backend_implementation("cpu") == "canonical" == conv.ConvOptions().implementation
+    assert conv.options_from_config(ml_collections.ConfigDict()) == conv.ConvOptions()
+
+
+def _conv_ops(jaxpr) -> int:
+    return str(jaxpr).count("conv_general_dilated")
+
+
+def test_the_options_are_part_of_the_model_and_so_of_the_jit_cache_key():
+    """Two models that differ only in their options are two programs: a threshold is never read at trace
+    time from outside the key (weight gradients as products from 0 output pixels on: fewer convolutions)."""
+    shape = (8, 8, 1)
+    models = [
+        get_model("ConvNetD1", num_classes=3, image_shape=shape, conv=options)
+        for options in (conv.ConvOptions(), conv.ConvOptions(product_weight_gradient_rows=0))
+    ]
+    assert models[0] != models[1] and models[0].conv == conv.ConvOptions()
+    x = jnp.ones((2, *shape))
+    variables = models[0].init(jax.random.PRNGKey(0), x, train=False)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def grad(model, variables):
+        return jax.grad(lambda v: jnp.sum(model.apply(v, x, train=False)[0]))(variables)
+
+    before = grad._cache_size()
+    for model in models:
+        grad(model, variables)
+    assert grad._cache_size() == before + 2
+    convolutions = [
+        _conv_ops(jax.make_jaxpr(grad.__wrapped__, static_argnums=0)(m, variables)) for m in models
+    ]
+    assert convolutions[1] < convolutions[0]

@@ -61,7 +61,7 @@ def _stepping_method() -> Method:
     def init(config, real, key):
         return DistillState(jnp.zeros((2, 1, 1, 1)), jnp.arange(2), (), key, jnp.zeros((), jnp.int32))
 
-    def make_step(config, real):
+    def make_step(config, real, *, log):
         step = lambda state, real: (state.replace(step=state.step + 1), {"loss": 1.0 / (state.step + 1)})
         return jax.jit(step)
 

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from jaxdd import evaluation
+from jaxdd.config import base_config, resolve_backend
+from jaxdd.errors import UserError
 from jaxdd.models import ConvNetSpec, get_model
 
 TINY = ConvNetSpec(width=8, depth=1)
@@ -52,12 +54,22 @@ def test_vmap_and_loop_train_the_same_networks():
     np.testing.assert_allclose(looped, vmapped, atol=2 / 300)  # at most two borderline test images
 
 
-@pytest.mark.parametrize(
-    ("parallel", "backend", "expected"),
-    [("auto", "cpu", "loop"), ("auto", "gpu", "vmap"), ("vmap", "cpu", "vmap")],
-)
-def test_resolve_parallelism(parallel, backend, expected):
-    assert evaluation.resolve_parallelism(parallel, backend) == expected
+@pytest.mark.parametrize(("backend", "expected"), [("cpu", "loop"), ("gpu", "vmap"), ("tpu", "vmap")])
+def test_eval_parallel_auto_is_the_backends_measured_choice_recorded_in_the_config(backend, expected):
+    config = base_config()
+    assert config.eval.parallel == "auto"
+    assert (
+        resolve_backend(config, backend).eval.parallel == expected == evaluation.backend_parallelism(backend)
+    )
+
+
+def test_the_library_is_given_a_concrete_way_to_train_the_networks():
+    model = get_model(TINY, num_classes=3, image_shape=(8, 8, 1))
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    with pytest.raises(UserError, match=r"parallel='auto' must be one of loop, vmap"):
+        evaluation.evaluate_model(
+            model, evaluation.EvalProtocol(epochs=1), keys, *_noisy_task(), parallel="auto"
+        )
 
 
 def test_equal_students_share_one_compiled_program():

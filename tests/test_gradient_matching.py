@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from jaxdd import augment
+from jaxdd.config import resolve_backend
 from jaxdd.data import dataset_info
 from jaxdd.data.real import from_arrays
 from jaxdd.errors import UserError
@@ -51,11 +52,12 @@ def _config(*, model=None, **gm_overrides) -> ml_collections.ConfigDict:
             "ipc": 2,
             "init": "real",
             "seed": 0,
+            "devices": 0,
         }
     )
     config.gm = gm.default_config()
     config.gm.update({"outer_loop": 2, "inner_loop": 2, "batch_real": 6, "batch_train": 4, **gm_overrides})
-    return config
+    return resolve_backend(config)
 
 
 def _loss(model, params, images, real, key, **options):
@@ -169,6 +171,20 @@ def test_validate_names_bad_values():
         (bad.gm if section else bad)[name] = value
         with pytest.raises(UserError, match=message):
             gm.validate(bad, info)
+
+
+@pytest.mark.parametrize(
+    ("backend", "expected"),
+    [("cpu", ("loop", 1, "map")), ("gpu", ("vmap", 10, "map")), ("tpu", ("vmap", 10, "map"))],
+)
+def test_the_loops_are_the_backends_once_resolved_and_never_chosen_in_the_library(backend, expected):
+    config = _config()
+    config.gm.update(parallel="auto", class_chunk=-1, class_loop="auto")
+    with pytest.raises(UserError, match=r"gm\.class_chunk=-1 is the backend's choice"):
+        gm.settings_from_config(config, min_class_count=140)
+    settings = gm.settings_from_config(resolve_backend(config, backend), min_class_count=140)
+    assert (settings.parallel, settings.class_chunk, settings.class_loop) == expected
+    assert (config.gm.parallel, config.gm.class_chunk, config.gm.class_loop) == expected  # as recorded
 
 
 def test_batch_real_is_capped_to_the_smallest_class():

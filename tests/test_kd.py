@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxdd import augment, evaluation, kd, results, run_eval, synthetic, training
-from jaxdd.config import base_config, validate
+from jaxdd.config import base_config, resolve_backend, validate
 from jaxdd.errors import UserError
 from jaxdd.models import ConvNetSpec, get_model
 
@@ -149,6 +149,7 @@ def test_table_shows_plain_and_kd_columns_side_by_side(blobs, tmp_path):
     config.update({"dataset": "digits", "ipc": 2, "method": "dc"})
     config.eval.update({"archs": "MLP", "epochs": 2, "num_nets": 2, "batch_size": 4, "baselines": "random"})
     config.kd.update({"enabled": True, "teacher": "MLP"})
+    resolve_backend(config)
     synset = synthetic.init_real(real, 2, jax.random.PRNGKey(1))
     out = run_eval.evaluate_synset(config, real, synset, tmp_path, log=lambda _: None)
     assert list(out) == ["MLP", "MLP+KD"]

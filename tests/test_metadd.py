@@ -1,5 +1,5 @@
-"""MetaDD (DESIGN §4.6) against independent expectations: L_var by hand, the Grad-CAM of a hand-built
-network recomputed in NumPy, invariance to the order of the auxiliary networks, pixel gradients that lower
+"""MetaDD (DESIGN §4.6) against independent expectations: the Grad-CAM of a hand-built network recomputed
+in NumPy, invariance to the order of the auxiliary networks, pixel gradients that lower
 the regularizer, the feature taps of the reference architectures, every base method running with the
 hook, and config errors named before anything compiles.
 
@@ -14,8 +14,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxdd import cam, metadd
-from jaxdd.config import base_config, validate
+from jaxdd import cam, metadd, metadd_gradient
+from jaxdd.config import base_config, resolve_backend, validate
 from jaxdd.errors import UserError
 from jaxdd.methods import get_method
 from jaxdd.models import get_model
@@ -43,37 +43,6 @@ def _aux(specs=TINY_AUX, options=None) -> metadd.Auxiliaries:
 
 def _images(n=6, seed=5):
     return jax.random.normal(jax.random.key(seed), (n, *SHAPE)), jnp.arange(n, dtype=jnp.int32) % 3
-
-
-# ---- the terms ----
-
-
-def test_variance_is_zero_for_equal_maps_and_the_mean_per_pixel_variance_otherwise():
-    rng = np.random.default_rng(0)
-    same = np.broadcast_to(rng.uniform(size=(1, 2, 4, 4)), (3, 2, 4, 4))
-    assert float(metadd.cam_variance(jnp.asarray(same))) == pytest.approx(0, abs=1e-12)
-    maps = rng.uniform(size=(3, 2, 4, 4))
-    by_hand = np.mean(np.mean((maps - maps.mean(0)) ** 2, axis=0))
-    assert float(metadd.cam_variance(jnp.asarray(maps))) == pytest.approx(by_hand, rel=1e-5)
-    assert by_hand > 0
-
-
-def test_agreement_loss_by_hand():
-    rng = np.random.default_rng(1)
-    logits, labels = rng.normal(size=(3, 4, 5)), np.array([0, 4, 2, 2])
-    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    mean = p.mean(0)
-    ce = -np.log(p[:, np.arange(4), labels])  # [M, N]
-    kl = np.sum(mean * (np.log(mean) - np.log(p)), axis=-1)  # [M, N]
-    by_hand = np.sum(np.mean(ce + kl, axis=1))
-    got = metadd.agreement_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(labels))
-    assert float(got) == pytest.approx(by_hand, rel=1e-5)
-
-
-def test_meta_and_heterogeneous_fractions():
-    cams = jnp.asarray([[[[0.9, 0.9, 0.1, 0.2]]], [[[0.6, 0.4, 0.8, 0.3]]]])  # [M=2, N=1, 1, 4]
-    meta, hetero = metadd.feature_fractions(cams)
-    assert float(meta) == 0.25 and float(hetero) == 0.5
 
 
 # ---- Grad-CAM ----
@@ -119,20 +88,22 @@ def test_maps_are_resized_to_the_image_grid_in_unit_range():
 @pytest.mark.parametrize(
     ("name", "image_shape", "expected"),
     [
-        ("ConvNet", (28, 28, 1), (8, 8, 128)),
-        ("AlexNet", (32, 32, 3), (8, 8, 192)),
-        ("VGG11", (28, 28, 1), (2, 2, 512)),  # the pooled feature_map is 1x1: the last stage's 2x2 map
-        ("VGG11", (32, 32, 3), (2, 2, 512)),
-        ("ResNet18", (32, 32, 3), (4, 4, 512)),
+        ("ConvNet", (28, 28, 1), (("norm2",), (8, 8, 128))),
+        ("AlexNet", (32, 32, 3), (("conv4",), (8, 8, 192))),
+        ("VGG11", (28, 28, 1), (("norm5",), (4, 4, 512))),  # its last stage is 2x2: one stage up
+        ("VGG11", (32, 32, 3), (("norm5",), (4, 4, 512))),
+        ("ResNet18", (32, 32, 3), (("layer4_1",), (4, 4, 512))),
     ],
 )
-def test_feature_taps_of_the_default_auxiliary_architectures(name, image_shape, expected):
+def test_metadd_taps_the_default_auxiliary_architectures_at_4x4_or_finer(name, image_shape, expected):
+    # the table of docs/metadd.md: no map coarser than metadd.min_map_size (default 4)
     model = get_model(name, num_classes=10, image_shape=image_shape)
-    assert cam.feature_tap(model, image_shape)[1] == expected
+    tap = cam.feature_tap(model, image_shape, min_map_size=metadd.Options().min_map_size)
+    assert (tap.path, tap.map_shape) == expected
 
 
 def test_an_mlp_has_no_feature_tap():
-    with pytest.raises(UserError, match="no spatial feature map"):
+    with pytest.raises(UserError, match=r"no spatial feature map"):
         cam.feature_tap(get_model("MLP", num_classes=3, image_shape=SHAPE), SHAPE)
 
 
@@ -146,8 +117,8 @@ def test_the_loss_is_invariant_to_the_order_of_the_auxiliary_networks():
     )
     images, labels = _images()
     key = jax.random.key(0)
-    loss, grad, metrics = metadd.metadd_loss_and_grad(aux, images, labels, key)
-    loss_r, grad_r, metrics_r = metadd.metadd_loss_and_grad(reversed_aux, images, labels, key)
+    loss, grad, metrics = metadd_gradient.metadd_loss_and_grad(aux, images, labels, key)
+    loss_r, grad_r, metrics_r = metadd_gradient.metadd_loss_and_grad(reversed_aux, images, labels, key)
     assert float(loss) == pytest.approx(float(loss_r), rel=1e-5)
     np.testing.assert_allclose(np.asarray(grad), np.asarray(grad_r), rtol=1e-4, atol=1e-6)
     for name in metrics:
@@ -157,7 +128,7 @@ def test_the_loss_is_invariant_to_the_order_of_the_auxiliary_networks():
 def test_gradients_reach_the_pixels_and_descent_lowers_the_regularizer():
     aux = _aux()
     images, labels = _images()
-    step = jax.jit(metadd.metadd_loss_and_grad)
+    step = jax.jit(metadd_gradient.metadd_loss_and_grad)
     first, grad, metrics = step(aux, images, labels, jax.random.key(0))
     assert np.all(np.isfinite(np.asarray(grad))) and float(jnp.abs(grad).sum()) > 0
     assert 0 <= float(metrics["meta_fraction"]) <= 1 and float(metrics["metadd_var"]) > 0
@@ -171,7 +142,7 @@ def test_gradients_reach_the_pixels_and_descent_lowers_the_regularizer():
 def test_the_variance_term_alone_reaches_the_pixels_through_the_cams():
     aux = _aux(options=metadd.Options(lambda_var=1.0, lambda_ai=0.0))
     images, labels = _images()
-    loss, grad, metrics = metadd.metadd_loss_and_grad(aux, images, labels, jax.random.key(0))
+    loss, grad, metrics = metadd_gradient.metadd_loss_and_grad(aux, images, labels, jax.random.key(0))
     assert float(loss) == pytest.approx(float(metrics["metadd_var"]))
     assert float(jnp.abs(grad).sum()) > 0
 
@@ -179,7 +150,7 @@ def test_the_variance_term_alone_reaches_the_pixels_through_the_cams():
 def test_a_subset_per_step_leaves_the_other_images_untouched():
     aux = _aux(options=metadd.Options(images_per_step=2))
     images, labels = _images()
-    _, grad, _ = metadd.metadd_loss_and_grad(aux, images, labels, jax.random.key(3))
+    _, grad, _ = metadd_gradient.metadd_loss_and_grad(aux, images, labels, jax.random.key(3))
     touched = np.asarray(jnp.abs(grad).sum(axis=(1, 2, 3)) > 0)
     assert touched.sum() == 2
 
@@ -193,7 +164,7 @@ def test_the_hook_is_the_identity_without_auxiliary_networks():
 # ---- every base method with the hook ----
 
 
-def _config(method: str, teacher_dir: str) -> ml_collections.ConfigDict:
+def _config(method: str, teacher_dir: str, **metadd_values) -> ml_collections.ConfigDict:
     values = base_config().to_dict()
     values.update({"dataset": "blobs", "method": method, "ipc": 2, "iterations": 2, "seed": 0})
     values.update({"model": {"width": 4, "depth": 1}, "init": "real"})
@@ -203,15 +174,17 @@ def _config(method: str, teacher_dir: str) -> ml_collections.ConfigDict:
     values["sre2l"].update({"batch_ipc": 1})
     values["teachers"].update({"dir": teacher_dir, "epochs": 1, "batch_size": 12})
     values["metadd"].update({"enabled": True, "archs": list(TINY_AUX[:2]), "images_per_step": 4})
+    values["metadd"].update(metadd_values)
     if method == "sre2l":
         values.update({"model": {"width": 4, "depth": 1, "norm": "batchnorm"}, "init": "noise"})
-    return ml_collections.ConfigDict(values)
+    return resolve_backend(ml_collections.ConfigDict(values))
 
 
 @pytest.mark.parametrize("method", ["dc", "dsa", "dm", "sre2l"])
 def test_every_base_method_runs_two_iterations_with_metadd(method, tiny_real, tmp_path_factory):
+    # the plumbing each method adds: its own network for the KL ('backbone'), its base norm ('ratio')
     teacher_dir = str(tmp_path_factory.getbasetemp() / "metadd_teachers")  # shared: trained once
-    config = _config(method, teacher_dir)
+    config = _config(method, teacher_dir, kl_target="backbone", balance="ratio", normalisation="softmax")
     impl = get_method(method)
     state = impl.init(config, tiny_real, jax.random.key(0))
     step = impl.make_step(config, tiny_real)
@@ -219,9 +192,13 @@ def test_every_base_method_runs_two_iterations_with_metadd(method, tiny_real, tm
     for _ in range(2):
         state, metrics = step(state, tiny_real)
     assert int(state.step) == 2
-    for name in ("metadd_loss", "metadd_var", "metadd_ai", "meta_fraction", "metadd_grad_norm"):
+    names = ("metadd_loss", "metadd_var", "metadd_ai", "meta_fraction", "metadd_grad_norm")
+    for name in (*names, "metadd_var_grad_norm", "metadd_ai_grad_norm"):
         assert np.isfinite(float(metrics[name])), name
     assert 0 <= float(metrics["meta_fraction"]) <= 1
+    for term in ("var", "ai"):  # each term's step is var_ratio / ai_ratio (0.1) of the base gradient's
+        step_norm = float(metrics[f"metadd_{term}_weight"]) * float(metrics[f"metadd_{term}_grad_norm"])
+        assert step_norm == pytest.approx(0.1 * float(metrics["grad_norm"]), rel=1e-4), term
     assert not np.allclose(np.asarray(state.images), start)
 
 
@@ -239,13 +216,25 @@ def _digits_config(**metadd_values) -> ml_collections.ConfigDict:
 @pytest.mark.parametrize(
     ("values", "match"),
     [
-        ({"archs": "ConvNet,NoSuchNet"}, "metadd.archs has 'NoSuchNet'.*valid names"),
-        ({"archs": "ConvNet,MLP"}, "metadd.archs has 'MLP'.*no spatial feature map"),
+        ({"archs": "ConvNet,NoSuchNet"}, r"metadd.archs has 'NoSuchNet'.*valid names"),
+        ({"archs": "ConvNet,MLP"}, r"metadd.archs has 'MLP'.*no spatial feature map"),
         ({"lambda_var": -1.0}, r"metadd.lambda_var=-1.0 must be ≥ 0"),
         ({"lambda_ai": -0.5}, r"metadd.lambda_ai=-0.5 must be ≥ 0"),
-        ({"lambda_var": 0.0, "lambda_ai": 0.0}, "both λs are 0"),
-        ({"archs": "ConvNet"}, "at least 2 architectures"),
-        ({"images_per_step": -1}, "metadd.images_per_step"),
+        ({"lambda_var": 0.0, "lambda_ai": 0.0}, r"both weights \(metadd.lambda_var, lambda_ai\) are 0"),
+        ({"archs": "ConvNet"}, r"at least 2 architectures"),
+        ({"images_per_step": -1}, r"metadd.images_per_step"),
+        ({"balance": "adaptive"}, r"metadd.balance='adaptive': choose one of 'fixed', 'ratio'"),
+        ({"balance": "ratio", "var_ratio": -0.1}, r"metadd.var_ratio=-0.1 must be ≥ 0"),
+        ({"balance": "ratio", "ai_ratio": float("inf")}, r"metadd.ai_ratio=inf must be ≥ 0 and finite"),
+        ({"balance": "ratio", "var_ratio": 0.0, "ai_ratio": 0.0}, r"both weights \(metadd.var_ratio"),
+        ({"normalisation": "sigmoid"}, r"metadd.normalisation='sigmoid': choose one of 'minmax'"),
+        ({"cam_term": "entropy"}, r"metadd.cam_term='entropy'"),
+        ({"kl_target": "teacher"}, r"metadd.kl_target='teacher': choose one of 'mean', 'backbone'"),
+        ({"weight_gradient": "none"}, r"metadd.weight_gradient='none'"),
+        ({"min_map_size": -1}, r"metadd.min_map_size=-1 must be an integer ≥ 0"),
+        ({"cam_threshold": 1.0}, r"metadd.cam_threshold=1.0 must be ≥ 0 .*below 1"),
+        ({"cam_threshold": -0.5, "normalisation": "softmax"}, r"metadd.cam_threshold=-0.5"),
+        ({"min_aux_accuracy": 1.5}, r"metadd.min_aux_accuracy=1.5 must lie in \[0, 1\]"),
     ],
 )
 def test_validate_names_bad_metadd_values(values, match):
@@ -255,9 +244,10 @@ def test_validate_names_bad_metadd_values(values, match):
 
 def test_validate_accepts_the_defaults_and_rejects_a_method_without_a_step():
     validate(_digits_config())
+    validate(_digits_config(normalisation="softmax", cam_threshold=1.5, balance="ratio", lambda_var=0.0))
     config = _digits_config()
     config.method, config.iterations = "random", 0
-    with pytest.raises(UserError, match="MetaDD regularises dc, dsa, dm or sre2l"):
+    with pytest.raises(UserError, match=r"MetaDD regularises dc, dsa, dm or sre2l"):
         validate(config)
 
 

@@ -82,7 +82,19 @@ def test_agreement_gradients_match_float64_finite_differences(target):
 
 
 def test_a_backbone_target_needs_its_logits_and_an_unknown_target_is_named():
-    with pytest.raises(ValueError, match="backbone"):
+    with pytest.raises(ValueError, match=r"backbone"):
         terms.agreement_loss(jnp.asarray(LOGITS), jnp.asarray(LABELS), "backbone")
-    with pytest.raises(ValueError, match="'teacher'"):
+    with pytest.raises(ValueError, match=r"'teacher'"):
         terms.agreement_loss(jnp.asarray(LOGITS), jnp.asarray(LABELS), "teacher")
+
+
+def test_meta_and_heterogeneous_fractions():
+    cams = jnp.asarray([[[[0.9, 0.9, 0.1, 0.2]]], [[[0.6, 0.4, 0.8, 0.3]]]])  # [M=2, N=1, 1, 4]
+    meta, hetero = terms.feature_fractions(cams)
+    assert float(meta) == 0.25 and float(hetero) == 0.5
+
+
+def test_low_confidence_removal_zeroes_exactly_the_pixels_below_the_threshold():
+    out = np.asarray(terms.remove_low_confidence(jnp.asarray(CAMS), 0.3))
+    np.testing.assert_array_equal(out, np.where(CAMS >= 0.3, CAMS, 0))
+    np.testing.assert_array_equal(np.asarray(terms.remove_low_confidence(jnp.asarray(CAMS), 0.0)), CAMS)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jaxdd import pool
-from jaxdd.config import apply_pool_arg, base_config, validate
+from jaxdd.config import apply_pool_arg, base_config, resolve_backend, validate
 from jaxdd.data.real import from_arrays
 from jaxdd.errors import UserError
 from jaxdd.methods import distribution_matching as dm
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 def _pool_config(preset: str, *, model="ConvNet", custom: str = "", **options) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict({"model": model, "iterations": 100})
+    config = ml_collections.ConfigDict({"model": model, "iterations": 100, "devices": 0})
     config.pool = pool.default_config()
     config.pool.update({"preset": preset, "custom": custom, **options})
     return config
@@ -107,7 +107,7 @@ def _gm_config(preset: str, custom: str = "", **pool_options) -> ml_collections.
     config.gm.update(
         {"outer_loop": 1, "inner_loop": 1, "batch_real": 2, "batch_train": 4, "bn_images_per_class": 2}
     )
-    return config
+    return resolve_backend(config)
 
 
 @pytest.fixture

@@ -201,8 +201,9 @@ def _commands(text: str) -> list[str]:
     return re.findall(r"--config=(configs/[^\s'\"`]+)", text)
 
 
-def test_every_command_in_the_readme_and_the_recipe_docstrings_loads_and_validates():
+def test_every_command_in_the_readme_docs_and_recipe_docstrings_loads_and_validates():
     texts = [(ROOT / "README.md").read_text()]
+    texts += [path.read_text() for path in sorted((ROOT / "docs").glob("*.md"))]
     texts += [path.read_text() for path in sorted((ROOT / "configs").glob("*.py"))]
     specs = sorted({spec for text in texts for spec in _commands(text)})
     assert {"configs/dc.py:dataset=cifar10,ipc=10", "configs/dsa.py:dataset=cifar10"} <= set(specs)

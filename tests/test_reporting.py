@@ -11,7 +11,7 @@ import pytest
 
 from jaxdd import reporting
 from jaxdd import run as driver
-from jaxdd.config import base_config
+from jaxdd.config import base_config, resolve_backend
 from jaxdd.data.real import from_arrays
 from jaxdd.methods import gradient_matching as gm
 from jaxdd.methods.base import DistillState, Method
@@ -130,10 +130,12 @@ def test_gradient_matching_metrics_at_one_and_two_matches(blobs, outer_loop, hid
             "ipc": 1,
             "init": "real",
             "seed": 0,
+            "devices": 0,
         }
     )
     config.gm = gm.default_config()
     config.gm.update({"outer_loop": outer_loop, "inner_loop": 1, "batch_real": 4, "batch_train": 3})
+    resolve_backend(config)
     state = gm.init(config, real, jax.random.PRNGKey(0))
     _, metrics = gm.make_step(config, real)(state, real)
     shown = reporting.shown_metrics({k: float(v) for k, v in metrics.items()})
@@ -151,7 +153,7 @@ def _one_match_method() -> Method:
             images=images, labels=labels, opt_state=(), key=key, step=jnp.zeros((), jnp.int32)
         )
 
-    def make_step(config, real):
+    def make_step(config, real, *, log):
         @jax.jit
         def step(state, real):
             loss = 1.0 / (state.step + 1)

@@ -99,7 +99,7 @@ def _counting_method(nan_at: int) -> Method:
             step=jnp.zeros((), jnp.int32),
         )
 
-    def make_step(config, real):
+    def make_step(config, real, *, log):
         @jax.jit
         def step(state, real):
             step = state.step + 1
@@ -135,7 +135,7 @@ def _growing_method(*, schedule_uses_iterations: bool = False) -> Method:
             step=jnp.zeros((), jnp.int32),
         )
 
-    def make_step(config, real):
+    def make_step(config, real, *, log):
         growth = config.gm.lr_img
 
         @jax.jit

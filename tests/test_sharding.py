@@ -37,6 +37,7 @@ BLOBS = textwrap.dedent(
 
 SCRIPT = BLOBS + textwrap.dedent(
     """
+    from jaxdd.config import resolve_backend
     from jaxdd.methods import gradient_matching as gm
 
     out = {"device_count": jax.device_count()}
@@ -46,6 +47,7 @@ SCRIPT = BLOBS + textwrap.dedent(
                                             "model": {"width": 8, "depth": 2}})
         config.gm = gm.default_config()
         config.gm.update(outer_loop=2, inner_loop=1, batch_real=6, dsa_strategy="color_crop")
+        resolve_backend(config)
         state = gm.init(config, real, jax.random.PRNGKey(0))
         step = gm.make_step(config, real)
         for _ in range(2):

@@ -275,9 +275,13 @@ def test_recover_step_compiles_once_keeps_pixels_in_range_and_lowers_nothing_to_
     assert not np.allclose(images, np.asarray(state.images))
 
 
-def test_two_iterations_and_the_soft_label_columns_through_the_driver(tmp_path):
+def test_two_iterations_and_the_soft_label_columns_through_the_driver(tmp_path, capsys):
     config = _config(tmp_path, **{"eval.archs": "MLP"})
-    results = driver.run(config, tmp_path / "run", log=lambda _: None)
+    lines = []
+    results = driver.run(config, tmp_path / "run", log=lines.append)
+    # the teacher trained by make_step speaks through the run's log, not print
+    assert any(line.startswith("Training teacher ConvNetBN") for line in lines)
+    assert "Teacher" not in capsys.readouterr().out
     assert list(results) == ["MLP", "MLP+soft"]
     assert 0 <= results["MLP+soft"]["mean"] <= 1 and results["MLP+soft"]["teacher"] == "ConvNetBN"
     steps = [json.loads(line).get("step") for line in (tmp_path / "run" / "metrics.jsonl").open()]
@@ -293,8 +297,8 @@ def test_an_interrupted_recover_resumes_to_the_same_images(tmp_path, monkeypatch
     config = _config(tmp_path)
     driver.run(config, tmp_path / "whole", log=lambda _: None)
 
-    def interrupted_step(config, real):
-        step = sre2l.make_step(config, real)
+    def interrupted_step(config, real, *, log):
+        step = sre2l.make_step(config, real, log=log)
 
         def stop_after_one(state, real):
             if int(state.step) == 1:

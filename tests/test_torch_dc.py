@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxdd.config import resolve_backend
 from jaxdd.data.real import from_arrays
 from jaxdd.methods import gradient_matching as gm
 from jaxdd.models import get_model
@@ -30,11 +31,19 @@ def real_fixture(blobs):
 
 def _config(outer: int, inner: int) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(
-        {"method": "dc", "dataset": "blobs", "ipc": 2, "init": "noise", "seed": 0, "model": SPEC}
+        {
+            "devices": 0,
+            "method": "dc",
+            "dataset": "blobs",
+            "ipc": 2,
+            "init": "noise",
+            "seed": 0,
+            "model": SPEC,
+        }
     )
     config.gm = gm.default_config()
     config.gm.update(outer_loop=outer, inner_loop=inner, batch_real=PER_CLASS, class_chunk=1)
-    return config
+    return resolve_backend(config)
 
 
 def _torch_side(real, params, images: np.ndarray):

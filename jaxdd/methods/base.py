@@ -29,7 +29,7 @@ from flax import struct
 from jaxdd import metadd, pool, synthetic
 from jaxdd.data.real import RealData
 from jaxdd.errors import UserError
-from jaxdd.models import get_model
+from jaxdd.models import conv, get_model
 from jaxdd.synthetic import SyntheticSet
 
 
@@ -93,7 +93,8 @@ class Method:
     """A registry entry.
 
     init(config, real, key) -> DistillState
-    make_step(config, real) -> StepFn, or None when there is nothing to optimise.
+    make_step(config, real, *, log) -> StepFn, or None when there is nothing to optimise; `log` hears
+      what making it says (a teacher trained now).
     validate(config, dataset_info) -> None, raising UserError for method-specific bad values.
     lr_keys: the config keys of the pixel learning rate, which `resume_with_new_lr` may change (the
       recovery from a diverged run).
@@ -104,7 +105,7 @@ class Method:
     """
 
     init: Callable[[ml_collections.ConfigDict, RealData, jax.Array], DistillState]
-    make_step: Callable[[ml_collections.ConfigDict, RealData], StepFn] | None = None
+    make_step: Callable[..., StepFn] | None = None
     validate: Callable[[ml_collections.ConfigDict, object], None] | None = None
     lr_keys: tuple[str, ...] = ()
     schedule_uses_iterations: bool = False
@@ -139,22 +140,28 @@ def pixel_step(
     *,
     hooks: Hooks = NO_HOOKS,
     project: Callable[[jax.Array], jax.Array] | None = None,
+    backbone: Callable[[jax.Array], jax.Array] | None = None,
 ) -> tuple[jax.Array, optax.OptState, dict]:
     """One update of images [N, H, W, C] (labels [N]) by every method: `loss_and_grad(images, key)`,
     rescaled to `hooks.grad_norm` when set, MetaDD's gradient added when `hooks.metadd` holds its
-    auxiliary networks (with the same key), `tx`'s update, then `project` (e.g. a clip to the valid
-    pixel range).
+    auxiliary networks (with the same key and the norm of the base gradient applied, which MetaDD's
+    balance='ratio' scales its terms to), `tx`'s update, then `project` (e.g. a clip to the valid
+    pixel range). `backbone` (images -> logits [N, K]): the method's own network at this step, for
+    MetaDD's kl_target='backbone'; None where the method has none.
 
     Returns (images, opt_state, metrics): 'loss', 'grad_norm' (the base gradient's L2 norm, before any
     hook), 'grad_scale' when rescaled, the method's metrics and the hooks'.
     """
     loss, grad, method_metrics = loss_and_grad(images, key)
-    grad_norm = optax.tree.norm(grad)
+    grad_norm = applied_norm = optax.tree.norm(grad)
     if hooks.grad_norm is not None:
         scale = hooks.grad_norm / jnp.maximum(grad_norm, jnp.finfo(grad_norm.dtype).tiny)
         grad = jax.tree.map(lambda g: g * scale, grad)
         method_metrics = {**method_metrics, "grad_scale": scale}
-    grad, hook_metrics = metadd.add_gradient(hooks.metadd, images, labels, key, grad)
+        applied_norm = grad_norm * scale
+    grad, hook_metrics = metadd.add_gradient(
+        hooks.metadd, images, labels, key, grad, base_norm=applied_norm, backbone=backbone
+    )
     updates, opt_state = tx.update(grad, opt_state, images)
     images = optax.apply_updates(images, updates)
     if project is not None:
@@ -163,23 +170,38 @@ def pixel_step(
 
 
 def bind_step(
-    config: ml_collections.ConfigDict, real: RealData, bind: Callable[[pool.Arch], Callable]
+    config: ml_collections.ConfigDict,
+    real: RealData,
+    bind: Callable[[pool.Arch], Callable],
+    *,
+    log: Callable[[str], None] = print,
 ) -> StepFn:
     """The run's `step(state, real)` from `bind(arch)`, a method's step for one architecture taking
     `(state, real, hooks=...)`: the model pool (`jaxdd.pool`) picks each iteration's architecture
     (`config.model` without a pool; each bound once) and every one gets the same `Hooks`: MetaDD's
     auxiliary networks (`jaxdd.metadd`; None when MetaDD is off) and, with `pool.scale='main'`, the
-    main model's gradient norm on the other architectures' iterations."""
-    hooks = Hooks(metadd=metadd.load_auxiliaries(config, real))
+    main model's gradient norm on the other architectures' iterations. `log` hears of the auxiliary
+    networks loaded or trained."""
+    hooks = Hooks(metadd=metadd.load_auxiliaries(config, real, log=log))
     return pool.pooled_step(config, lambda arch: functools.partial(bind(arch), hooks=hooks))
 
 
-def bind_model_step(config: ml_collections.ConfigDict, real: RealData, step: Callable, settings) -> StepFn:
+def bind_model_step(
+    config: ml_collections.ConfigDict,
+    real: RealData,
+    step: Callable,
+    settings,
+    *,
+    log: Callable[[str], None] = print,
+) -> StepFn:
     """`bind_step` of `step(model, settings, state, real, hooks=...)`, the model built from each
-    architecture for `real`'s classes and image shape."""
+    architecture for `real`'s classes and image shape, its convolutions as `config.conv` says."""
+    options = conv.options_from_config(config)
 
     def bind(arch):
-        model = get_model(arch, num_classes=real.num_classes, image_shape=tuple(real.image_shape))
+        model = get_model(
+            arch, num_classes=real.num_classes, image_shape=tuple(real.image_shape), conv=options
+        )
         return functools.partial(step, model, settings)
 
-    return bind_step(config, real, bind)
+    return bind_step(config, real, bind, log=log)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -203,10 +204,14 @@ def outer_step(
     def loss_and_grad(images, key):
         return (*matching_loss_and_grad(model, params, batch_stats, images, real, key, settings), {})
 
+    def backbone(images):  # MetaDD's kl_target='backbone': this iteration's network, eval mode
+        return training.apply_model(model, params, batch_stats, images, train=False)[0]
+
     tx = settings.pixel_optimizer
     images, opt_state, metrics = pixel_step(
-        loss_and_grad, tx, state.images, state.opt_state, state.labels, match_key, hooks=hooks
-    )
+        loss_and_grad, tx, state.images, state.opt_state, state.labels, match_key, hooks=hooks,
+        backbone=backbone,
+    )  # fmt: skip
     metrics = {
         **metrics,
         "loss": metrics["loss"] / real.num_classes,
@@ -224,13 +229,13 @@ def init(config: ml_collections.ConfigDict, real: RealData, key: jax.Array) -> D
     return init_state(config, real, key, settings.pixel_optimizer)
 
 
-def make_step(config: ml_collections.ConfigDict, real: RealData):
+def make_step(config: ml_collections.ConfigDict, real: RealData, *, log: Callable[[str], None] = print):
     """`step(state, real) -> (state, metrics)`: `outer_step` bound to each architecture's model and the
     `Settings` (`base.bind_model_step`: the model pool and MetaDD's auxiliary networks)."""
     settings = settings_from_config(
         config, min_class_count=real.min_class_count, num_classes=real.num_classes
     )
-    return bind_model_step(config, real, outer_step, settings)
+    return bind_model_step(config, real, outer_step, settings, log=log)
 
 
 def validate(config: ml_collections.ConfigDict, info) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -60,15 +61,21 @@ __all__ = [
 
 # (outer_loop, inner_loop) by IPC: the reference's `get_loops`.
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
-# How classes and the K networks are iterated when the config says 'auto' / -1. CPU: measured with
-# benchmarks/bench_gradient_matching.py (results/), one class at a time under lax.map: 2x faster than
-# unrolled and 9x less memory. Accelerators (not measured here): classes vmapped in groups of 10 (all
-# classes of a 10-class set; bounded memory for CIFAR-100).
+# How classes and the K networks are iterated when the config says 'auto' / -1 (`jaxdd.config` resolves
+# them with `backend_default`). CPU: measured with benchmarks/bench_gradient_matching.py (results/), one
+# class at a time under lax.map: 2x faster than unrolled and 9x less memory. Accelerators (not measured
+# here): classes vmapped in groups of 10 (all classes of a 10-class set; bounded memory for CIFAR-100).
 BACKEND_DEFAULTS = {
     "cpu": {"parallel": "loop", "class_chunk": 1, "class_loop": "map"},
     "gpu": {"parallel": "vmap", "class_chunk": 10, "class_loop": "map"},
     "tpu": {"parallel": "vmap", "class_chunk": 10, "class_loop": "map"},
 }
+
+
+def backend_default(name: str, backend: str):
+    """`BACKEND_DEFAULTS`' gm.`name` ('parallel', 'class_chunk', 'class_loop') on `backend` (another
+    accelerator: the GPU's)."""
+    return BACKEND_DEFAULTS.get(backend, BACKEND_DEFAULTS["gpu"])[name]
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -157,13 +164,13 @@ class Settings:
 def settings_from_config(
     config: ml_collections.ConfigDict, *, min_class_count: int, num_classes: int = 0
 ) -> Settings:
-    """The run's `Settings`: loops from the IPC table where 0, 'auto'/-1 from `BACKEND_DEFAULTS`, and
-    `batch_real`, `bn_images_per_class` capped to the smallest class (the reference draws
-    `permutation(class)[:n]`, i.e. the whole class when it is smaller); classes sharded over
-    `config.devices` devices (`sharding.resolve_devices`; one when `num_classes` is not given)."""
+    """The run's `Settings`: loops from the IPC table where 0, `batch_real`, `bn_images_per_class` capped
+    to the smallest class (the reference draws `permutation(class)[:n]`, i.e. the whole class when it is
+    smaller); classes sharded over `config.devices` devices (`sharding.resolve_devices`; one when
+    `num_classes` is not given). The loops over classes and networks must be resolved (no 'auto'/-1:
+    `jaxdd.config.validate` puts the backend's `BACKEND_DEFAULTS`)."""
     gm = config.gm
     outer, inner = loops_for_ipc(config.ipc, gm.outer_loop, gm.inner_loop)
-    backend = BACKEND_DEFAULTS.get(jax.default_backend(), BACKEND_DEFAULTS["gpu"])
     strategy = ""  # DC: no augmentation
     if config.method == "dsa":
         strategy = gm.dsa_strategy or augment.default_strategy(config.dataset)
@@ -179,16 +186,22 @@ def settings_from_config(
         num_nets=gm.num_nets,
         bn_images_per_class=min(gm.bn_images_per_class, min_class_count),
         strategy=strategy,
-        class_chunk=gm.class_chunk if gm.class_chunk >= 0 else backend["class_chunk"],
-        class_loop=_choice(gm, "class_loop", backend),
-        parallel=_choice(gm, "parallel", backend),
+        class_chunk=_choice(gm, "class_chunk", -1),
+        class_loop=_choice(gm, "class_loop", "auto"),
+        parallel=_choice(gm, "parallel", "auto"),
         devices=sharding.resolve_devices(config.devices, num_classes) if num_classes else 1,
     )
 
 
-def _choice(gm: ml_collections.ConfigDict, name: str, backend: dict) -> str:
-    value = gm.get(name, "auto")  # optional keys: 'auto' when a config lacks them
-    return backend[name] if value == "auto" else value
+def _choice(gm: ml_collections.ConfigDict, name: str, auto):
+    """gm.`name`, which must hold the backend's choice already (a missing key is `auto`, unresolved)."""
+    value = gm.get(name, auto)
+    if value == auto:
+        raise UserError(
+            f"gm.{name}={value!r} is the backend's choice (BACKEND_DEFAULTS), which jaxdd.config.validate "
+            "fills in (jaxdd.config.resolve_backend): validate or resolve the config first."
+        )
+    return value
 
 
 def _model(config: ml_collections.ConfigDict, num_classes: int, image_shape) -> nn.Module:
@@ -278,8 +291,13 @@ def outer_step(
             options = settings.loss_options
             return (*stacked_matching_loss_and_grad(model, nets, images, real, key, **options), {})
 
+        def backbone(x):  # MetaDD's kl_target='backbone': the K networks' mean prediction, eval mode
+            apply = lambda net: training.apply_model(model, net.params, net.batch_stats, x, train=False)[0]
+            log_p = jax.nn.log_softmax(over_nets(apply, nets, settings.parallel))
+            return jax.nn.logsumexp(log_p, axis=0) - jnp.log(log_p.shape[0])
+
         images, opt_state, step_metrics = pixel_step(
-            loss_and_grad, tx, images, opt_state, state.labels, match_key, hooks=hooks
+            loss_and_grad, tx, images, opt_state, state.labels, match_key, hooks=hooks, backbone=backbone
         )
         inner_ce = jnp.zeros(())
         if last:  # static: with one outer loop the networks are never trained
@@ -322,7 +340,7 @@ def init(config: ml_collections.ConfigDict, real: RealData, key: jax.Array) -> D
     return init_state(config, real, key, settings.pixel_optimizer)
 
 
-def make_step(config: ml_collections.ConfigDict, real: RealData):
+def make_step(config: ml_collections.ConfigDict, real: RealData, *, log: Callable[[str], None] = print):
     """`step(state, real) -> (state, metrics)`: the jitted `outer_step` bound to each architecture's model
     and the `Settings` (`base.bind_model_step`: the model pool, DESIGN §4.4, and MetaDD's auxiliary networks
     in `hooks`); without a pool a `functools.partial` (`step.args` = (model, settings)), with one a
@@ -330,7 +348,7 @@ def make_step(config: ml_collections.ConfigDict, real: RealData):
     settings = settings_from_config(
         config, min_class_count=real.min_class_count, num_classes=real.num_classes
     )
-    return bind_model_step(config, real, outer_step, settings)
+    return bind_model_step(config, real, outer_step, settings, log=log)
 
 
 def validate(config: ml_collections.ConfigDict, info) -> None:

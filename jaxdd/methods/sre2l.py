@@ -39,7 +39,7 @@ from jaxdd import relabel, sharding, teachers, training
 from jaxdd.data.real import RealData, split_name
 from jaxdd.errors import UserError, is_finite_number, is_int, require
 from jaxdd.methods.base import NO_HOOKS, DistillState, Hooks, Method, bind_step, init_state, pixel_step
-from jaxdd.models import MODELS, uses_batch_norm
+from jaxdd.models import MODELS, conv, uses_batch_norm
 from jaxdd.resized_crop import random_resized_crop_flip
 
 __all__ = [
@@ -236,9 +236,11 @@ def recover_step(
     )
     clip = lambda images: jnp.clip(images, jnp.asarray(settings.low), jnp.asarray(settings.high))
     tx, key = settings.pixel_optimizer, state.step_key
+    teacher = lambda images: model.apply(variables, images, train=False)[0]  # MetaDD's 'backbone'
     images, opt_state, metrics = pixel_step(
-        loss_and_grad, tx, state.images, state.opt_state, state.labels, key, hooks=hooks, project=clip
-    )
+        loss_and_grad, tx, state.images, state.opt_state, state.labels, key, hooks=hooks, project=clip,
+        backbone=teacher,
+    )  # fmt: skip
     metrics = {
         **metrics,
         "lr": optax.cosine_decay_schedule(settings.lr_img, settings.iterations)(state.step),
@@ -251,7 +253,9 @@ def recover_step(
 
 
 def teacher_options(config: ml_collections.ConfigDict) -> teachers.TeacherOptions:
-    return teachers.options_from_config(config.teachers, config.dataset)
+    return teachers.options_from_config(
+        config.teachers, config.dataset, conv=conv.options_from_config(config)
+    )
 
 
 def load_teacher(config: ml_collections.ConfigDict, real: RealData, *, log=print) -> teachers.Teacher:
@@ -265,16 +269,17 @@ def init(config: ml_collections.ConfigDict, real: RealData, key: jax.Array) -> D
     return init_state(config, real, key, settings_from_config(config, real).pixel_optimizer)
 
 
-def make_step(config: ml_collections.ConfigDict, real: RealData):
+def make_step(config: ml_collections.ConfigDict, real: RealData, *, log: Callable[[str], None] = print):
     """`step(state, real)`: `recover_step` bound to the teacher of `config.model` (loaded or trained
-    now) and `Settings` (`base.bind_step`: with MetaDD's auxiliary networks; SRe2L takes no pool)."""
+    now, saying so to `log`) and `Settings` (`base.bind_step`: with MetaDD's auxiliary networks; SRe2L
+    takes no pool)."""
     settings = settings_from_config(config, real)
 
     def bind(arch):
-        teacher = teachers.load_or_train_teacher(arch, real, teacher_options(config))
+        teacher = teachers.load_or_train_teacher(arch, real, teacher_options(config), log=log)
         return functools.partial(recover_step, teacher.model, settings, teacher.variables)
 
-    return bind_step(config, real, bind)
+    return bind_step(config, real, bind, log=log)
 
 
 def soft_labels_enabled(config: ml_collections.ConfigDict) -> bool:
@@ -309,7 +314,7 @@ def evaluate_soft_labels(
     results = relabel.evaluate_archs_soft(
         archs, real, images, key, protocol=relabel_protocol(config),
         teacher=(teacher.model, teacher.variables), num_nets=config.eval.num_nets,
-        parallel=config.eval.parallel, devices=config.devices, log=log,
+        parallel=config.eval.parallel, devices=config.devices, conv=conv.options_from_config(config), log=log,
     )  # fmt: skip
     name = teachers.arch_folder_name(teachers.as_arch(config.model))
     return {arch: {**s, "teacher": name, "teacher_acc": teacher.test_accuracy} for arch, s in results.items()}

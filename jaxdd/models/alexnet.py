@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 
 from jaxdd.models import layers
+from jaxdd.models.conv import ConvOptions
 
 
 class AlexNet(nn.Module):
@@ -22,6 +23,7 @@ class AlexNet(nn.Module):
     num_classes: int
     norm: str = "none"
     widths: tuple[int, ...] = (128, 192, 256, 192, 192)
+    conv: ConvOptions = ConvOptions()  # how its convolutions are computed (`conv.ConvOptions`)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -29,7 +31,7 @@ class AlexNet(nn.Module):
         # (kernel, padding, pool after) per conv
         plan = ((5, first_padding, True), (5, 2, True), (3, 1, False), (3, 1, False), (3, 1, True))
         for i, (width, (k, p, pool)) in enumerate(zip(self.widths, plan, strict=True)):
-            x = layers.Conv2d(width, k, padding=p, name=f"conv{i}")(x)
+            x = layers.Conv2d(width, k, padding=p, conv=self.conv, name=f"conv{i}")(x)
             x = nn.relu(layers.make_norm(self.norm, name=f"norm{i}")(x, train))
             if pool:
                 x = layers.pool2x2("maxpool", x)

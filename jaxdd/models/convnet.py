@@ -16,6 +16,7 @@ import jax
 
 from jaxdd.errors import UserError, is_int
 from jaxdd.models import layers
+from jaxdd.models.conv import ConvOptions
 
 ACTIVATIONS = tuple(layers.ACTIVATIONS)
 
@@ -78,13 +79,14 @@ class ConvNet(nn.Module):
     act: str = "relu"
     norm: str = "instancenorm"
     pool: str = "avgpool"
+    conv: ConvOptions = ConvOptions()  # how its convolutions are computed (`conv.ConvOptions`)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
         grayscale = x.shape[-1] == 1
         for d in range(self.depth):
             padding = 3 if grayscale and d == 0 else 1
-            x = layers.Conv2d(self.width, 3, padding=padding, name=f"conv{d}")(x)
+            x = layers.Conv2d(self.width, 3, padding=padding, conv=self.conv, name=f"conv{d}")(x)
             x = layers.make_norm(self.norm, name=f"norm{d}")(x, train)
             x = layers.ACTIVATIONS[self.act](x)
             x = layers.pool2x2(self.pool, x)
@@ -100,5 +102,7 @@ class ConvNet(nn.Module):
         return max(2**self.depth - grow, 1), f"{self.depth} 2x2 poolings"
 
     @classmethod
-    def from_spec(cls, spec: ConvNetSpec, *, num_classes: int) -> "ConvNet":
-        return cls(num_classes=num_classes, **dataclasses.asdict(spec))
+    def from_spec(
+        cls, spec: ConvNetSpec, *, num_classes: int, conv: ConvOptions = ConvOptions()
+    ) -> "ConvNet":
+        return cls(num_classes=num_classes, conv=conv, **dataclasses.asdict(spec))

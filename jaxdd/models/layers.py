@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdd.models import conv
+from jaxdd.models.conv import ConvOptions, conv2d
 
 Array = jax.Array
 
@@ -56,7 +56,7 @@ class Conv2d(nn.Module):
     stride: int = 1
     padding: int = 0
     use_bias: bool = True
-    implementation: str = "auto"  # see `conv.conv2d`: 'canonical' on CPU, 'lax' on accelerators
+    conv: ConvOptions = ConvOptions()  # how the convolution is computed (`conv.conv2d`)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -66,7 +66,7 @@ class Conv2d(nn.Module):
         # XLA:CPU gradient timings (B=128, 2 cores, grad wrt kernel and input): a padding wider than
         # (k-1)/2 given to the convolution is 11-15x slower than jnp.pad + VALID (3x3 pad 3 on
         # 28x28x1: 1800 vs 163 ms; 5x5 pad 4: 4970 vs 340 ms); `conv.conv2d` pads such widths first.
-        y = conv.conv2d(x, kernel, stride=self.stride, padding=p, implementation=self.implementation)
+        y = conv2d(x, kernel, stride=self.stride, padding=p, options=self.conv)
         if self.use_bias:
             y = y + self.param("bias", torch_bias_init(fan_in), (self.features,))
         return y

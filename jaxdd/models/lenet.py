@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 
 from jaxdd.models import layers
+from jaxdd.models.conv import ConvOptions
 
 
 class LeNet(nn.Module):
@@ -19,12 +20,15 @@ class LeNet(nn.Module):
     """
 
     num_classes: int
+    conv: ConvOptions = ConvOptions()  # how its convolutions are computed (`conv.ConvOptions`)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
         padding = 2 if x.shape[-1] == 1 else 0
-        x = layers.pool2x2("maxpool", nn.relu(layers.Conv2d(6, 5, padding=padding, name="conv1")(x)))
-        x = layers.pool2x2("maxpool", nn.relu(layers.Conv2d(16, 5, name="conv2")(x)))
+        x = layers.pool2x2(
+            "maxpool", nn.relu(layers.Conv2d(6, 5, padding=padding, conv=self.conv, name="conv1")(x))
+        )
+        x = layers.pool2x2("maxpool", nn.relu(layers.Conv2d(16, 5, conv=self.conv, name="conv2")(x)))
         feature_map = x
         x = nn.relu(layers.Dense(120, name="fc1")(x.reshape(x.shape[0], -1)))
         embedding = nn.relu(layers.Dense(84, name="fc2")(x))

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from jaxdd.errors import UserError, is_int
 from jaxdd.models.alexnet import AlexNet
+from jaxdd.models.conv import ConvOptions
 from jaxdd.models.convnet import ConvNet, ConvNetSpec
 from jaxdd.models.lenet import LeNet
 from jaxdd.models.mlp import MLP
@@ -55,10 +56,16 @@ CONVNETS: dict[str, ConvNetSpec] = {
     "ConvNetNP": ConvNetSpec(pool="none"),
 }
 
-# name -> builder(num_classes=...) -> module
+
+def _without_convolutions(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """The builder of an architecture that has no convolution, so no `conv` options."""
+    return lambda *, num_classes, conv=None: builder(num_classes=num_classes)
+
+
+# name -> builder(num_classes=..., conv=ConvOptions()) -> module
 MODELS: dict[str, Callable[..., nn.Module]] = {
     **{name: functools.partial(ConvNet.from_spec, spec) for name, spec in CONVNETS.items()},
-    "MLP": MLP,
+    "MLP": _without_convolutions(MLP),
     "LeNet": LeNet,
     "AlexNet": AlexNet,
     "AlexNetBN": functools.partial(AlexNet, norm="batchnorm"),
@@ -75,20 +82,20 @@ def model_names() -> list[str]:
     return list(MODELS)
 
 
-def _build(spec: Spec, num_classes: int) -> tuple[str, nn.Module]:
+def _build(spec: Spec, num_classes: int, conv: ConvOptions = ConvOptions()) -> tuple[str, nn.Module]:
     """(display name, module) for a name, a ConvNetSpec or a dict of ConvNetSpec fields."""
     if hasattr(spec, "to_dict"):  # an ml_collections.ConfigDict from a config file or flag
         spec = spec.to_dict()
     if isinstance(spec, Mapping):
         spec = ConvNetSpec.from_dict(dict(spec))
     if isinstance(spec, ConvNetSpec):
-        return repr(spec), ConvNet.from_spec(spec, num_classes=num_classes)
+        return repr(spec), ConvNet.from_spec(spec, num_classes=num_classes, conv=conv)
     if not isinstance(spec, str) or spec not in MODELS:
         raise UserError(
             f"unknown model {spec!r}; valid names: {', '.join(MODELS)}; or a ConvNet spec "
             "(a ConvNetSpec or a dict with keys width, depth, act, norm, pool)."
         )
-    return spec, MODELS[spec](num_classes=num_classes)
+    return spec, MODELS[spec](num_classes=num_classes, conv=conv)
 
 
 def _is_positive_int(v) -> bool:
@@ -111,15 +118,18 @@ def _too_small_error(name: str, image_shape, size: int, why: str) -> UserError:
     )
 
 
-def get_model(spec: Spec, *, num_classes: int, image_shape: tuple[int, int, int]) -> nn.Module:
-    """The Flax module for ``spec`` (a reference name, a ``ConvNetSpec`` or a dict of its fields).
+def get_model(
+    spec: Spec, *, num_classes: int, image_shape: tuple[int, int, int], conv: ConvOptions = ConvOptions()
+) -> nn.Module:
+    """The Flax module for ``spec`` (a reference name, a ``ConvNetSpec`` or a dict of its fields), its
+    convolutions computed as ``conv`` says (a run's ``conv.options_from_config``; the defaults: the CPU's).
 
     ``image_shape`` (H, W, C) is checked against the architecture's smallest input (arithmetic, no
     tracing); ``check_input_shape`` adds a full abstract evaluation. Raises UserError on an unknown name,
     a bad spec or a too-small image.
     """
     _check_args(image_shape, num_classes)
-    name, model = _build(spec, num_classes)
+    name, model = _build(spec, num_classes, conv)
     h, w, c = image_shape
     size, why = model.min_image_size(c)
     if min(h, w) < size:

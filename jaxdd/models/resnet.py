@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 
 from jaxdd.models import layers
+from jaxdd.models.conv import ConvOptions
 
 
 class BasicBlock(nn.Module):
@@ -28,21 +29,24 @@ class BasicBlock(nn.Module):
     stride: int
     norm: str
     downsample: str
+    conv: ConvOptions = ConvOptions()  # how its convolutions are computed (`conv.ConvOptions`)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         avgpool = self.downsample == "avgpool"
         conv_stride = 1 if avgpool else self.stride
-        out = layers.Conv2d(self.features, 3, stride=conv_stride, padding=1, use_bias=False, name="conv1")(x)
+        out = layers.Conv2d(
+            self.features, 3, stride=conv_stride, padding=1, use_bias=False, conv=self.conv, name="conv1"
+        )(x)
         out = nn.relu(layers.make_norm(self.norm, name="norm1")(out, train))
         if avgpool and self.stride != 1:
             out = layers.pool2x2("avgpool", out)
-        out = layers.Conv2d(self.features, 3, padding=1, use_bias=False, name="conv2")(out)
+        out = layers.Conv2d(self.features, 3, padding=1, use_bias=False, conv=self.conv, name="conv2")(out)
         out = layers.make_norm(self.norm, name="norm2")(out, train)
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
             shortcut = layers.Conv2d(
-                self.features, 1, stride=conv_stride, use_bias=False, name="shortcut_conv"
+                self.features, 1, stride=conv_stride, use_bias=False, conv=self.conv, name="shortcut_conv"
             )(x)
             if avgpool:
                 shortcut = layers.pool2x2("avgpool", shortcut)
@@ -61,17 +65,18 @@ class ResNet18(nn.Module):
     norm: str = "instancenorm"
     downsample: str = "stride"
     widths: tuple[int, int, int, int] = (64, 128, 256, 512)
+    conv: ConvOptions = ConvOptions()  # how its convolutions are computed (`conv.ConvOptions`)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-        x = layers.Conv2d(self.widths[0], 3, padding=1, use_bias=False, name="stem_conv")(x)
+        x = layers.Conv2d(self.widths[0], 3, padding=1, use_bias=False, conv=self.conv, name="stem_conv")(x)
         x = nn.relu(layers.make_norm(self.norm, name="stem_norm")(x, train))
         for stage, width in enumerate(self.widths):
             for block in range(2):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(width, stride, self.norm, self.downsample, name=f"layer{stage + 1}_{block}")(
-                    x, train=train
-                )
+                x = BasicBlock(
+                    width, stride, self.norm, self.downsample, self.conv, name=f"layer{stage + 1}_{block}"
+                )(x, train=train)
         embedding = x.reshape(x.shape[0], -1) if self.downsample == "avgpool" else x.mean(axis=(1, 2))
         logits = layers.Dense(self.num_classes, name="classifier")(embedding)
         return logits, {"embedding": embedding, "feature_map": x}

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 
 from jaxdd.models import layers
+from jaxdd.models.conv import ConvOptions
 
 
 class VGG11(nn.Module):
@@ -23,6 +24,7 @@ class VGG11(nn.Module):
     num_classes: int
     norm: str = "instancenorm"
     widths: tuple[int, int, int, int] = (64, 128, 256, 512)
+    conv: ConvOptions = ConvOptions()  # how its convolutions are computed (`conv.ConvOptions`)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -32,7 +34,7 @@ class VGG11(nn.Module):
         for stage in stages:
             for width in stage:
                 padding = 3 if i == 0 and x.shape[-1] == 1 else 1
-                x = layers.Conv2d(width, 3, padding=padding, name=f"conv{i}")(x)
+                x = layers.Conv2d(width, 3, padding=padding, conv=self.conv, name=f"conv{i}")(x)
                 x = nn.relu(layers.make_norm(self.norm, name=f"norm{i}")(x, train))
                 i += 1
             x = layers.pool2x2("maxpool", x)
