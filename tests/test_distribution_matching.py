@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxdd import run as driver
-from jaxdd.config import base_config, validate
+from jaxdd.config import base_config, resolve_backend, validate
 from jaxdd.data.real import from_arrays
 from jaxdd.errors import UserError
 from jaxdd.methods import distribution_matching as dm
@@ -119,7 +119,7 @@ def _config(model=None, **dm_overrides) -> ml_collections.ConfigDict:
     values["model"] = model or "ConvNetW32"  # config.validate takes registry names
     values["dm"].update({"batch_real": 8, **dm_overrides})
     values["eval"].update({"archs": "", "baselines": ""})
-    return ml_collections.ConfigDict(values)
+    return resolve_backend(ml_collections.ConfigDict(values))  # the backend's choices, as validate makes
 
 
 def test_outer_step_compiles_once_and_moves_the_images(blobs):
