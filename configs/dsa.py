@@ -5,7 +5,7 @@ the reference settings on every dataset of the table below; the dataset and the 
   python -m jaxdd.main --config=configs/dsa.py:dataset=digits,ipc=1 --workdir=runs/dsa_digits_ipc1
 
 1000 iterations, init real, (outer_loop, inner_loop) from the reference table by IPC; the siamese
-strategy of the dataset (gm.dsa_strategy ''); evaluation: 1000 epochs with per-image DSA. Any config
+strategy of the dataset (gm.dsa_strategy 'dsa'); evaluation: 1000 epochs with per-image DSA. Any config
 key may follow in the argument or come as --config.KEY=VALUE. configs/default.py is a short run of the
 digits row.
 """

@@ -6,7 +6,8 @@ protocol. The run driver is `jaxdd.run.run(config, workdir)`.
 
 from jaxdd.data import load as load_dataset
 from jaxdd.errors import UserError
-from jaxdd.evaluation import EvalProtocol, evaluate_archs, evaluate_model
+from jaxdd.eval_settings import EvalProtocol
+from jaxdd.evaluation import evaluate_archs, evaluate_model
 from jaxdd.models import get_model
 from jaxdd.synthetic import SyntheticSet
 

@@ -370,6 +370,24 @@ def default_strategy(dataset: str) -> str:
     return STRATEGY_DIGITS if key in _DIGIT_DATASETS else STRATEGY_RGB
 
 
+def resolve_strategy(value: str, dataset: str) -> str:
+    """A config's strategy key as applied: 'dsa' is the dataset's `default_strategy`, anything else (a
+    strategy string, 'none') is taken as it is."""
+    return default_strategy(dataset) if value == "dsa" else value
+
+
+def check_strategy_key(key: str, value) -> None:
+    """UserError unless `value` is 'dsa', 'none' or a valid strategy string; '' was jaxdd's older spelling
+    of 'dsa' in gm/dm and is refused rather than read as either."""
+    if value == "":
+        raise UserError(
+            f"{key}='' is ambiguous (it once meant the dataset's default strategy): write {key}=dsa for "
+            f"that, {key}=none for no augmentation, or a strategy such as {STRATEGY_RGB!r}."
+        )
+    if value != "dsa":
+        parse_strategy(value)
+
+
 @functools.partial(jax.jit, static_argnames=("strategy", "siamese", "params"))
 def augment(
     images: jax.Array,

@@ -103,14 +103,15 @@ class Checkpointer:
         """The finalised steps on disk, ascending (unfinished saves are not listed)."""
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, config: Mapping) -> None:
+    def save(self, step: int, state: Any, config: Mapping, *, digest: dict | None = None) -> None:
         """Saves `state` (a pytree of arrays) and `config` (a dict or ConfigDict, stored as JSON) at `step`.
 
         Asynchronous where enabled: returns once the arrays are copied to host memory. A step that already
         exists raises (Orbax's StepAlreadyExistsError). A state with a non-finite leaf is never saved:
-        ValueError (callers check the state first and say why).
+        ValueError (callers check the state first and say why). `digest`: `state_digest(state)` where the
+        caller has it already (one pass over the state instead of two).
         """
-        digest = state_digest(state)
+        digest = state_digest(state) if digest is None else digest
         if not digest["finite"]:
             raise ValueError(f"refusing to save the non-finite state of step {step}")
         args = ocp.args.Composite(

@@ -3,6 +3,7 @@ error (unknown name, bad value, impossible shape) before any data is loaded or a
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import os
@@ -11,10 +12,10 @@ import jax
 import ml_collections
 
 from jaxdd import (
-    augment,
     checkpointing,
     data,
     distributed,
+    eval_settings,
     evaluation,
     kd,
     metadd,
@@ -26,7 +27,7 @@ from jaxdd import (
     teachers,
 )
 from jaxdd.config_lists import split_ints, split_names
-from jaxdd.errors import UserError, is_finite_number, is_int, require
+from jaxdd.errors import UserError, is_finite_number, is_int, require, require_int, require_positive
 from jaxdd.methods import distribution_matching, gradient_matching, sre2l
 from jaxdd.models import conv
 
@@ -80,29 +81,13 @@ def base_config() -> ml_collections.ConfigDict:
     # MetaDD, DESIGN §4.6: an architecture-invariant regularizer added to dc / dsa / dm / sre2l.
     config.metadd = metadd.default_config()
 
-    config.eval = ml_collections.ConfigDict()
-    config.eval.archs = "ConvNet,MLP,LeNet,AlexNet,VGG11,ResNet18"  # comma-separated; '' = no evaluation
-    config.eval.num_nets = 5
-    config.eval.epochs = 300
-    config.eval.batch_size = 256
-    config.eval.lr = 0.01
-    config.eval.momentum = 0.9
-    config.eval.weight_decay = 5e-4
-    config.eval.augment = "none"  # 'none', 'dsa' (the dataset's default strategy) or a DSA strategy string
-    config.eval.test_batch_size = 500
-    # a fixed stratified subset of this many test images (a reduced protocol, labelled so); 0 = all
-    config.eval.test_size = 0
-    # 'test', or 'validation': evaluate on the images `holdout` keeps out of the training set (for
-    # choosing a hyperparameter without looking at the test set)
-    config.eval.split = "test"
-    config.eval.parallel = "auto"  # 'loop' | 'vmap' | 'auto' (the measured default of the backend)
-    config.eval.baselines = "random"  # comma-separated extra rows: 'random' (real subset, same IPC), 'whole'
+    # The evaluation, DESIGN §5: which networks (`eval_settings.EvalSettings`), each trained on the set as
+    # `eval_settings.EvalProtocol` says; augment 'dsa' = the dataset's default DSA strategy.
+    config.eval = eval_settings.default_config()
     # Knowledge-distillation evaluation, DESIGN §4.5: KD students beside the plain networks.
     config.kd = kd.default_config()
     return config
 
-
-BASELINES = ("random", "whole")
 
 # Keys a recipe may leave at AUTO, "the reference's value", because that value depends on keys that a
 # command line or a study may still change (the IPC): `resolve` fills them in `validate`, which every run,
@@ -169,11 +154,37 @@ ABSENT_MEANS = {
 }
 
 
+# Values an older jaxdd saved that this one spells differently ({dotted key: {old: new}}): `read_saved`
+# replaces them, so a run or study cell of before compares equal to the same config written today.
+OLD_SPELLINGS = {
+    "gm.dsa_strategy": {"": "dsa"},  # '' was the dataset's default strategy in gm and dm, 'dsa' elsewhere
+    "dm.dsa_strategy": {"": "dsa"},
+}
+
+
+def read_saved(config):
+    """A config read back (config.json, a checkpoint; a dict or ConfigDict) as this jaxdd writes it: the
+    `OLD_SPELLINGS` replaced, then this backend's choices where it says 'auto' (`resolve_backend`). In
+    place, idempotent; returns `config`. A config of this jaxdd passes unchanged but for the backend."""
+    for dotted, spellings in OLD_SPELLINGS.items():
+        node, last = _parent(config, dotted)
+        value = node.get(last) if node is not None else None
+        if isinstance(value, str) and value in spellings:
+            node[last] = spellings[value]
+    return resolve_backend(config)
+
+
 def default_values() -> dict:
     """{dotted key: JSON value} of `base_config()` with this backend's choices (`resolve_backend`), and
     `ABSENT_MEANS` over them: what a key missing from an older run's saved config means, when the key was
-    added to jaxdd after that run (`checkpointing.config_differences`)."""
-    return {**checkpointing.flatten_config(resolve_backend(base_config())), **ABSENT_MEANS}
+    added to jaxdd after that run (`checkpointing.config_differences`). A fresh dict of a value computed
+    once per process (a study compares it with every cell)."""
+    return dict(_default_values(jax.default_backend()))
+
+
+@functools.cache
+def _default_values(backend: str) -> dict:
+    return {**checkpointing.flatten_config(resolve_backend(base_config(), backend)), **ABSENT_MEANS}
 
 
 def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
@@ -254,30 +265,17 @@ def _assign(config, dotted: str, value) -> None:
     config[last] = value
 
 
-def resolve_augment(augment_value: str, dataset: str) -> str:
-    """'dsa' means the dataset's default DSA strategy; anything else is taken as it is."""
-    return augment.default_strategy(dataset) if augment_value == "dsa" else augment_value
-
-
-def eval_protocol(eval_config: ml_collections.ConfigDict, dataset: str) -> evaluation.EvalProtocol:
-    """The evaluation protocol a config describes."""
-    return evaluation.EvalProtocol(
-        epochs=eval_config.epochs,
-        batch_size=eval_config.batch_size,
-        lr=eval_config.lr,
-        momentum=eval_config.momentum,
-        weight_decay=eval_config.weight_decay,
-        augment=resolve_augment(eval_config.augment, dataset),
-        test_batch_size=eval_config.test_batch_size,
-    )
+def prepare(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config as a run uses and records it: the keys left at AUTO (`resolve`, after every override)
+    and the backend's choices (`resolve_backend`) filled in place, then `validate`d. Returns `config`."""
+    validate(resolve_backend(resolve(config)))
+    return config
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Fills the keys left at AUTO (`resolve`, after every override) and the backend's choices
-    (`resolve_backend`), then raises `UserError` naming the first bad value and its fix; cheap (no data,
-    no compilation)."""
-    resolve(config)
-    resolve_backend(config)
+    """Raises `UserError` naming the first bad value and its fix; cheap (no data, no compilation). The
+    config is checked as `prepare` would fill it, and left as it is."""
+    config = resolve_backend(resolve(copy.deepcopy(config)))
     check_keys(config, base_config())
     info = data.dataset_info(config.dataset)
     method = methods.get_method(config.method)
@@ -315,18 +313,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
         is_int(config.seed) and config.seed >= 0,
         f"seed={config.seed!r} must be a non-negative integer.",
     )
-    require(
-        is_int(config.iterations) and config.iterations >= 0,
-        f"iterations={config.iterations!r} must be an integer ≥ 0.",
-    )
+    require_int("iterations", config.iterations, minimum=0)
     for name in ("checkpoint_every", "keep_checkpoints", "log_every"):
-        value = config[name]
-        require(is_int(value) and value >= 1, f"{name}={value!r} must be an integer ≥ 1.")
+        require_int(name, config[name], minimum=1)
     if "max_abs_pixel" in config:
-        require(
-            is_finite_number(config.max_abs_pixel) and config.max_abs_pixel > 0,
-            f"max_abs_pixel={config.max_abs_pixel!r} must be > 0 and finite (the divergence guard's bound "
-            f"on |pixel| in normalised units; default {base_config().max_abs_pixel:g}).",
+        require_positive(
+            "max_abs_pixel",
+            config.max_abs_pixel,
+            note=(
+                "the divergence guard's bound on |pixel| in normalised units; "
+                f"default {base_config().max_abs_pixel:g}"
+            ),
         )
     require(
         config.init in synthetic.INITS,
@@ -346,7 +343,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     conv.options_from_config(config)
     models.check_input_shape(config.model, info.image_shape, info.num_classes)
     pool.validate(config, info)
-    _validate_eval(config.eval, info)
+    eval_settings.validate(config.eval, info)
     if split_names(config.eval.archs, key="eval.archs"):
         sharding.resolve_net_devices(config.devices)
     if "kd" in config:
@@ -384,48 +381,3 @@ def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.Conf
         sections = (reference[key], config.get(key))
         if all(isinstance(section, ml_collections.ConfigDict) for section in sections):
             check_keys(config[key], reference[key], f"{where}.{key}")
-
-
-def _validate_eval(eval_config: ml_collections.ConfigDict, info) -> None:
-    for arch in split_names(eval_config.archs, key="eval.archs"):
-        models.check_input_shape(arch, info.image_shape, info.num_classes)
-    require(
-        eval_config.split in ("test", "validation"),
-        f"eval.split={eval_config.split!r} must be 'test' or 'validation' (the holdout images).",
-    )
-    require(
-        is_int(eval_config.test_size) and eval_config.test_size >= 0,
-        f"eval.test_size={eval_config.test_size!r} must be an integer ≥ 0 (0 = the whole test set).",
-    )
-    require(
-        eval_config.test_size == 0 or eval_config.test_size >= info.num_classes,
-        f"eval.test_size={eval_config.test_size} is below the {info.num_classes} classes: keep ≥ 1 image "
-        "per class, or 0 for the whole test set.",
-    )
-    for name in ("num_nets", "epochs", "batch_size", "test_batch_size"):
-        value = eval_config[name]
-        require(is_int(value) and value >= 1, f"eval.{name}={value!r} must be an integer ≥ 1.")
-    lr, momentum, weight_decay = eval_config.lr, eval_config.momentum, eval_config.weight_decay
-    require(
-        is_finite_number(lr) and lr > 0,
-        f"eval.lr={lr!r} must be > 0 and finite (the reference uses 0.01).",
-    )
-    require(
-        is_finite_number(momentum) and 0 <= momentum < 1,
-        f"eval.momentum={momentum!r} must lie in [0, 1) (the reference uses 0.9).",
-    )
-    require(
-        is_finite_number(weight_decay) and weight_decay >= 0,
-        f"eval.weight_decay={weight_decay!r} must be ≥ 0 and finite (the reference uses 5e-4).",
-    )
-    require(
-        eval_config.parallel in evaluation.PARALLELISM_CHOICES,
-        f"eval.parallel={eval_config.parallel!r} is not one of {evaluation.PARALLELISM_CHOICES}.",
-    )
-    if eval_config.augment != "none":
-        augment.parse_strategy(resolve_augment(eval_config.augment, info.name))
-    for baseline in split_names(eval_config.baselines, key="eval.baselines"):
-        require(
-            baseline in BASELINES,
-            f"eval.baselines has {baseline!r}; valid baselines are {', '.join(BASELINES)} (comma-separated).",
-        )

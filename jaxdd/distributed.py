@@ -16,7 +16,7 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
-from jaxdd.errors import is_int, require
+from jaxdd.errors import require, require_int
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -39,13 +39,8 @@ def validate(dist: ml_collections.ConfigDict) -> None:
         isinstance(address, str),
         f"distributed.coordinator_address={address!r} must be 'host:port' or '' (detect).",
     )
-    require(
-        is_int(num) and num >= 0, f"distributed.num_processes={num!r} must be an integer ≥ 1, or 0 (detect)."
-    )
-    require(
-        is_int(index) and index >= -1,
-        f"distributed.process_id={index!r} must be an integer ≥ 0, or -1 (detect).",
-    )
+    require_int("distributed.num_processes", num, minimum=1, marker=0, note="detect")
+    require_int("distributed.process_id", index, minimum=0, marker=-1, note="detect")
     if not dist.enabled:
         changed = [k for k, v in default_config().items() if k != "enabled" and dist[k] != v]
         require(

@@ -6,6 +6,7 @@ full test set after the last epoch is the result. N networks of an architecture 
 
 Plain, KD (`jaxdd.kd`) and soft-label (`jaxdd.relabel`) students differ only in their `Student`: the loss
 and the optimiser; `train_students` trains and tests any of them, `for_each_arch` runs it per architecture.
+`config.eval` is read once, at the edge, as `eval_settings.EvalSettings` and its `EvalProtocol`.
 """
 
 from __future__ import annotations
@@ -22,41 +23,16 @@ import jax
 import numpy as np
 import optax
 
-from jaxdd import augment as dsa
 from jaxdd import eval_cache, sharding, training
 from jaxdd.data.real import RealData
 from jaxdd.errors import UserError
+from jaxdd.eval_settings import MODES, EvalProtocol
 from jaxdd.models import ConvOptions, get_model
 
 # How N networks of one architecture are trained, per backend. Measured by benchmarks/bench_eval.py:
 # on the 2-core CPU a Python loop over one compiled network beats vmap (batched convolutions lower
 # poorly there); accelerators are fed better by one vmapped program.
 DEFAULT_PARALLELISM = {"cpu": "loop", "gpu": "vmap", "tpu": "vmap"}
-MODES = ("loop", "vmap")
-PARALLELISM_CHOICES = ("auto", *MODES)  # eval.parallel; 'auto' is resolved by jaxdd.config
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalProtocol:
-    """Hyper-parameters of training a fresh network on a (synthetic) set.
-
-    `augment` is a DSA strategy applied per image to every training batch ('none' disables it).
-    """
-
-    epochs: int = 300
-    batch_size: int = 256
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_decay_at: float = 0.5
-    augment: str = "none"
-    test_batch_size: int = 500
-
-    def augment_fn(self) -> training.AugmentFn:
-        """The per-image DSA augmentation of every training batch; None for 'none'."""
-        if self.augment == "none":
-            return None
-        return functools.partial(dsa.augment, strategy=self.augment, siamese=False)
 
 
 def protocol_optimizer(protocol: EvalProtocol, num_images: int) -> optax.GradientTransformation:

@@ -29,9 +29,16 @@ import ml_collections
 import numpy as np
 from flax import struct
 
-from jaxdd import config_lists, evaluation, losses, training
+from jaxdd import config_lists, eval_settings, evaluation, losses, settings, training
 from jaxdd.data.real import RealData, class_indices
-from jaxdd.errors import UserError, is_finite_number, is_int, require
+from jaxdd.errors import (
+    UserError,
+    is_finite_number,
+    require,
+    require_in_interval,
+    require_int,
+    require_positive,
+)
 from jaxdd.models import ConvOptions, check_input_shape, get_model
 
 COLUMN_SUFFIX = "+KD"  # eval.json / table.md column of an architecture's KD students
@@ -47,23 +54,6 @@ def column(arch: str) -> str:
 TEACHER_STREAM = 0x74656163  # "teac"
 VALIDATION_STREAM = 0x76616C69  # "vali"
 SEARCH_STREAM = 0x73656172  # "sear"
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """The `config.kd` defaults: off; α 0.5, a fixed τ 1.5 (the paper's start), ConvNet teacher."""
-    return ml_collections.ConfigDict(
-        {
-            "enabled": False,  # also train every eval arch as a KD student; table: plain and KD columns
-            "alpha": 0.5,  # weight of the KD term; 0 = plain cross-entropy
-            "temperature": 1.5,  # τ (the start value when it decays)
-            "temperature_decay": 1.0,  # τ ×= decay after each epoch (the paper's code: 0.9)
-            "min_temperature": 0.01,  # the decayed τ stops here (τ·0.9^e underflows float32 by e ≈ 800)
-            "teacher": "ConvNet",  # a registry name, trained on the synthetic set with config.eval
-            "temperatures": "",  # comma-separated τ to search on a validation split; '' = `temperature`
-            "val_per_class": 100,  # real training images per class in the validation split of the search
-            "search_nets": 1,  # students per (architecture, τ) in the search
-        }
-    )
 
 
 @struct.dataclass
@@ -125,7 +115,7 @@ class KDLoss:
 
 
 def student(
-    model: nn.Module, protocol: evaluation.EvalProtocol, teacher_model: nn.Module
+    model: nn.Module, protocol: eval_settings.EvalProtocol, teacher_model: nn.Module
 ) -> evaluation.Student:
     """A KD student of `model`: the plain protocol and its SGD, the loss `KDLoss(teacher_model)`."""
     return evaluation.Student(model, protocol, KDLoss(teacher_model))
@@ -148,16 +138,57 @@ def validation_split(real: RealData, per_class: int, key: jax.Array) -> tuple[ja
 
 @dataclasses.dataclass(frozen=True)
 class KDOptions:
-    """What `config.kd` asks for; `temperatures` empty: no search."""
+    """What `config.kd` asks for: its keys besides `enabled` (which switches the KD columns on).
+
+    Attributes:
+      alpha: weight of the KD term; 0 = plain cross-entropy (the paper: 0.5).
+      temperature: τ (the start value when it decays; the paper: 1.5).
+      temperature_decay: τ ×= decay after each epoch (1: fixed τ; the paper's code: 0.9).
+      min_temperature: the decayed τ stops here (τ·0.9^e underflows float32 by e ≈ 800).
+      teacher: a registry name, trained on the synthetic set with config.eval.
+      temperatures: comma-separated τ to search on a validation split; '' = `temperature` (no search).
+        `temperature_choices` holds them as numbers.
+      val_per_class: real training images per class in the validation split of the search.
+      search_nets: students per (architecture, τ) in the search.
+    """
 
     alpha: float = 0.5
     temperature: float = 1.5
     temperature_decay: float = 1.0
     min_temperature: float = 0.01
     teacher: str = "ConvNet"
-    temperatures: tuple[float, ...] = ()
+    temperatures: str = ""
     val_per_class: int = 100
     search_nets: int = 1
+
+    def __post_init__(self):
+        floor = self.min_temperature
+        require_in_interval("kd.alpha", self.alpha, "[0, 1]", note="the paper: 0.5")
+        require_in_interval(
+            "kd.temperature_decay", self.temperature_decay, "(0, 1]", note="1: fixed τ; the paper's code: 0.9"
+        )
+        require_positive("kd.min_temperature", floor, note="the floor of the decayed τ")
+        require_positive("kd.temperature", self.temperature, note="paper: 1.5")
+        choices = self.temperature_choices
+        for temperature in choices:
+            require(
+                is_finite_number(temperature) and temperature > 0,
+                f"kd.temperatures={self.temperatures!r} has {temperature!r}: list finite numbers > 0, "
+                "e.g. '1,1.5,2,4'.",
+            )
+        for temperature in (self.temperature, *choices):
+            require(
+                temperature >= floor,
+                f"kd temperature {temperature!r} is below kd.min_temperature={floor!r}: "
+                "raise it or lower kd.min_temperature.",
+            )
+        for name in ("val_per_class", "search_nets"):
+            require_int(f"kd.{name}", getattr(self, name), minimum=1)
+
+    @property
+    def temperature_choices(self) -> tuple[float, ...]:
+        """`temperatures` as numbers: '1, 1.5,2' or '(1, 1.5, 2)' -> (1.0, 1.5, 2.0); '' -> ()."""
+        return config_lists.split_floats(self.temperatures, key="kd.temperatures")
 
     def params(self, temperature: float | None = None) -> KDParams:
         return KDParams.create(
@@ -168,23 +199,10 @@ class KDOptions:
         )
 
 
-def split_floats(text) -> tuple[float, ...]:
-    """`kd.temperatures` as numbers: '1, 1.5,2' or '(1, 1.5, 2)' -> (1.0, 1.5, 2.0); '' -> ()."""
-    return config_lists.split_floats(text, key="kd.temperatures")
-
-
-def options_from_config(kd_config: ml_collections.ConfigDict) -> KDOptions:
-    """`KDOptions` from `config.kd`."""
-    return KDOptions(
-        alpha=float(kd_config.alpha),
-        temperature=float(kd_config.temperature),
-        temperature_decay=float(kd_config.temperature_decay),
-        min_temperature=float(kd_config.min_temperature),
-        teacher=kd_config.teacher,
-        temperatures=split_floats(kd_config.temperatures),
-        val_per_class=int(kd_config.val_per_class),
-        search_nets=int(kd_config.search_nets),
-    )
+def default_config() -> ml_collections.ConfigDict:
+    """The `config.kd` defaults: off (`enabled`: also train every eval arch as a KD student; the table
+    then shows plain and KD columns), then `KDOptions()`."""
+    return settings.section_config(KDOptions, enabled=False)
 
 
 # (keys [n, 2], τ, (test images, test labels)) -> accuracies [n] of KD students of one architecture
@@ -194,11 +212,12 @@ TrainAtTemperature = Callable[[jax.Array, float, tuple[jax.Array, jax.Array]], n
 def search_temperature(
     train: TrainAtTemperature, options: KDOptions, key: jax.Array, validation: tuple[jax.Array, jax.Array]
 ) -> tuple[float, dict[str, float]]:
-    """The τ of `options.temperatures` whose `options.search_nets` students (keys from `key`) score best
-    on `validation` (the first on a tie), and the mean validation accuracy of every τ ({str(τ): acc})."""
+    """The τ of `options.temperature_choices` whose `options.search_nets` students (keys from `key`) score
+    best on `validation` (the first on a tie), and the mean validation accuracy of every τ ({str(τ): acc})."""
     keys = jax.random.split(key, options.search_nets)
-    scores = {str(t): float(np.mean(train(keys, t, validation))) for t in options.temperatures}
-    best = max(options.temperatures, key=lambda t: scores[str(t)])
+    choices = options.temperature_choices
+    scores = {str(t): float(np.mean(train(keys, t, validation))) for t in choices}
+    best = max(choices, key=lambda t: scores[str(t)])
     return best, scores
 
 
@@ -209,7 +228,7 @@ def train_teacher(
     labels: jax.Array,
     key: jax.Array,
     *,
-    protocol: evaluation.EvalProtocol,
+    protocol: eval_settings.EvalProtocol,
     conv: ConvOptions = ConvOptions(),
 ) -> tuple[nn.Module, training.TrainState, float]:
     """(teacher module, its trained state, its test accuracy): `options.teacher` (its convolutions as
@@ -227,7 +246,7 @@ def evaluate_archs_kd(
     labels: jax.Array,
     key: jax.Array,
     *,
-    protocol: evaluation.EvalProtocol,
+    protocol: eval_settings.EvalProtocol,
     options: KDOptions,
     num_nets: int,
     parallel: str = "loop",
@@ -248,7 +267,7 @@ def evaluate_archs_kd(
     )
     log(f"  KD teacher {options.teacher}: {100 * teacher_acc:.1f}% ({time.perf_counter() - start:.1f} s)")
     validation = None
-    if options.temperatures:
+    if options.temperature_choices:
         validation = validation_split(real, options.val_per_class, jax.random.fold_in(key, VALIDATION_STREAM))
 
     def accuracies(model, arch_key):
@@ -279,55 +298,21 @@ def evaluate_archs_kd(
 
 
 def validate(kd_config: ml_collections.ConfigDict, info) -> None:
-    """UserError for a bad `kd.*` value (info: the dataset's `DatasetInfo`); nothing compiles. Values are
-    checked even while KD is off, so a mistake never waits unseen for the day it is switched on; the
-    teacher's fit to the dataset only when KD is on."""
-    alpha, decay, floor = kd_config.alpha, kd_config.temperature_decay, kd_config.min_temperature
-    require(
-        is_finite_number(alpha) and 0 <= alpha <= 1,
-        f"kd.alpha={alpha!r} must lie in [0, 1] (the paper: 0.5).",
-    )
-    require(
-        is_finite_number(decay) and 0 < decay <= 1,
-        f"kd.temperature_decay={decay!r} must lie in (0, 1] (1: fixed τ; the paper's code: 0.9).",
-    )
-    require(
-        is_finite_number(floor) and floor > 0,
-        f"kd.min_temperature={floor!r} must be > 0 and finite (the floor of the decayed τ).",
-    )
-    require(
-        is_finite_number(kd_config.temperature) and kd_config.temperature > 0,
-        f"kd.temperature={kd_config.temperature!r} must be > 0 and finite (paper: 1.5).",
-    )
-    temperatures = split_floats(kd_config.temperatures)
-    for temperature in temperatures:
+    """UserError for a bad `kd.*` value (info: the dataset's `DatasetInfo`); nothing compiles. The values
+    are checked (`KDOptions`) even while KD is off, so a mistake never waits unseen for the day it is
+    switched on; the search's split against the smallest class too; the teacher's fit to the dataset
+    only when KD is on."""
+    options = settings.from_section(KDOptions, kd_config)
+    if options.temperature_choices:
         require(
-            is_finite_number(temperature) and temperature > 0,
-            f"kd.temperatures={kd_config.temperatures!r} has {temperature!r}: list finite numbers > 0, "
-            "e.g. '1,1.5,2,4'.",
-        )
-    for temperature in (kd_config.temperature, *temperatures):
-        require(
-            temperature >= floor,
-            f"kd temperature {temperature!r} is below kd.min_temperature={floor!r}: "
-            "raise it or lower kd.min_temperature.",
-        )
-    for name in ("val_per_class", "search_nets"):
-        value = kd_config[name]
-        require(
-            is_int(value) and value >= 1,
-            f"kd.{name}={value!r} must be an integer ≥ 1.",
-        )
-    if temperatures:
-        require(
-            kd_config.val_per_class <= info.min_class_count,
-            f"kd.val_per_class={kd_config.val_per_class} exceeds the smallest class of {info.name!r} "
+            options.val_per_class <= info.min_class_count,
+            f"kd.val_per_class={options.val_per_class} exceeds the smallest class of {info.name!r} "
             f"({info.min_class_count} training images): choose --config.kd.val_per_class ≤ "
             f"{info.min_class_count}.",
         )
     if not kd_config.enabled:
         return  # the teacher is built only when KD is on (its shape check depends on the dataset)
     try:
-        check_input_shape(kd_config.teacher, info.image_shape, info.num_classes)
+        check_input_shape(options.teacher, info.image_shape, info.num_classes)
     except UserError as error:
-        raise UserError(f"kd.teacher={kd_config.teacher!r}: {error}") from None
+        raise UserError(f"kd.teacher={options.teacher!r}: {error}") from None

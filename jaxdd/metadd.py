@@ -33,8 +33,17 @@ from jaxdd import cam, config_lists, teachers
 from jaxdd import metadd_gradient as gradient
 from jaxdd import metadd_terms as terms
 from jaxdd.data.real import RealData, split_name
-from jaxdd.errors import UserError, is_finite_number, is_int, require
+from jaxdd.errors import (
+    UserError,
+    is_finite_number,
+    require,
+    require_in_interval,
+    require_int,
+    require_non_negative,
+    require_positive,
+)
 from jaxdd.models import conv, get_model
+from jaxdd.settings import from_section, section_config
 
 # Mixed into a step's key so the subset draw never reuses a key the method derives by split ("meta").
 METADD_STREAM = 0x6D657461
@@ -84,22 +93,12 @@ class Options:
             value = getattr(self, name)
             require(value in valid, f"metadd.{name}={value!r}: choose one of {', '.join(map(repr, valid))}.")
         for name in ("lambda_var", "lambda_ai", "var_ratio", "ai_ratio"):
-            value = getattr(self, name)
-            require(
-                is_finite_number(value) and value >= 0,
-                f"metadd.{name}={value!r} must be ≥ 0 and finite (0 switches the term off).",
-            )
+            require_non_negative(f"metadd.{name}", getattr(self, name), note="0 switches the term off")
         keys = "metadd.lambda_var, lambda_ai" if self.balance == "fixed" else "metadd.var_ratio, ai_ratio"
         require(any(self.weights), f"metadd.enabled but both weights ({keys}) are 0: set one > 0.")
-        require(
-            is_finite_number(self.cam_epsilon) and self.cam_epsilon > 0,
-            f"metadd.cam_epsilon={self.cam_epsilon!r} must be > 0 and finite (default 1e-6).",
-        )
+        require_positive("metadd.cam_epsilon", self.cam_epsilon, note="default 1e-6")
         for name, meaning in (("images_per_step", "0: every image"), ("min_map_size", "0: the last map")):
-            value = getattr(self, name)
-            require(
-                is_int(value) and value >= 0, f"metadd.{name}={value!r} must be an integer ≥ 0 ({meaning})."
-            )
+            require_int(f"metadd.{name}", getattr(self, name), minimum=0, note=meaning)
         bound = float("inf") if self.normalisation == "softmax" else 1.0  # the other maps lie in [0, 1]
         t = self.cam_threshold
         require(
@@ -107,8 +106,7 @@ class Options:
             f"metadd.cam_threshold={t!r} must be ≥ 0 (0: off) and, with normalisation "
             f"{self.normalisation!r} (maps in [0, 1]), below 1.",
         )
-        a = self.min_aux_accuracy
-        require(is_finite_number(a) and 0 <= a <= 1, f"metadd.min_aux_accuracy={a!r} must lie in [0, 1].")
+        require_in_interval("metadd.min_aux_accuracy", self.min_aux_accuracy, "[0, 1]")
 
     @property
     def weights(self) -> tuple[float, float]:
@@ -121,8 +119,7 @@ class Options:
 def default_config() -> ml_collections.ConfigDict:
     """The `config.metadd` defaults (DESIGN §4.6): off; four auxiliary architectures; `Options()`."""
     # archs: comma-separated registry names, or a list of names / ConvNet spec dicts
-    defaults = {"enabled": False, "archs": "ConvNet,AlexNet,VGG11,ResNet18"}
-    return ml_collections.ConfigDict({**defaults, **dataclasses.asdict(Options())})
+    return section_config(Options, enabled=False, archs="ConvNet,AlexNet,VGG11,ResNet18")
 
 
 @struct.dataclass
@@ -188,7 +185,7 @@ def arch_list(metadd: ml_collections.ConfigDict) -> tuple[teachers.Arch, ...]:
 
 def options_from_config(metadd: ml_collections.ConfigDict) -> Options:
     """`Options` of the `config.metadd` block; UserError naming a bad key."""
-    return Options(**{field.name: metadd[field.name] for field in dataclasses.fields(Options)})
+    return from_section(Options, metadd)
 
 
 def auxiliary_report(accuracies: list[tuple[str, float]], taps, options: Options) -> list[str]:
@@ -222,7 +219,7 @@ def load_auxiliaries(
     if not enabled(config):
         return None
     archs, options = arch_list(config.metadd), options_from_config(config.metadd)
-    teacher_options = teachers.options_from_config(
+    teacher_options = teachers.options_from_section(
         config.teachers, config.dataset, conv=conv.options_from_config(config)
     )
     nets = [teachers.load_or_train_teacher(arch, real, teacher_options, log=log) for arch in archs]
@@ -247,7 +244,7 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
         len(archs) >= 2,
         f"metadd.archs={m.archs!r} names {len(archs)} network(s): MetaDD compares at least 2 architectures.",
     )
-    teacher_options = teachers.options_from_config(config.teachers, config.dataset)
+    teacher_options = teachers.options_from_section(config.teachers, config.dataset)
     for arch in archs:
         try:
             model = get_model(arch, num_classes=info.num_classes, image_shape=tuple(info.image_shape))

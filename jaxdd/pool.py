@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 
 from jaxdd.config_lists import split_names
-from jaxdd.errors import UserError, is_finite_number, is_int
+from jaxdd.errors import UserError, is_finite_number, require_int
 from jaxdd.models import check_input_shape
 from jaxdd.models.convnet import ConvNetSpec
 from jaxdd.models.registry import CONVNETS, MODELS
@@ -314,9 +314,7 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
             )
         return
     for name in ("warmup", "similar_depth"):
-        value = pool_config[name]
-        if not is_int(value) or value < 0:
-            raise UserError(f"pool.{name}={value!r} must be an integer ≥ 0.")
+        require_int(f"pool.{name}", pool_config[name], minimum=0)
     if config.iterations and pool_config.warmup >= config.iterations:
         raise UserError(
             f"pool.warmup={pool_config.warmup} is not shorter than the run (iterations={config.iterations}): "

@@ -25,8 +25,10 @@ import optax
 
 from jaxdd import evaluation, losses, training
 from jaxdd.data.real import RealData
+from jaxdd.errors import require_int, require_non_negative, require_positive
 from jaxdd.models import ConvOptions
 from jaxdd.resized_crop import random_resized_crop_flip
+from jaxdd.settings import derived
 
 COLUMN_SUFFIX = "+soft"
 
@@ -38,15 +40,31 @@ def column(arch: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class RelabelProtocol:
-    """How a soft-label student is trained (hashable: a `jit` static argument)."""
+    """How a soft-label student is trained (hashable: a `jit` static argument): the `config.sre2l.relabel`
+    keys besides `enabled` (which adds the soft-label columns), and two values of other sections.
+
+    Attributes:
+      epochs, batch_size: the student's training (SRe2L: 300, 64).
+      lr, weight_decay: AdamW's, the lr cosine-decayed to 0 over all steps (SRe2L: 1e-3, 0.01).
+      temperature: T of the KL to the teacher's soft labels (SRe2L: 20).
+      min_crop_scale (derived): `sre2l.min_crop_scale`, the views' RandomResizedCrop(scale=(it, 1)).
+      test_batch_size (derived): `eval.test_batch_size`.
+    """
 
     epochs: int = 300
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.01
     temperature: float = 20.0
-    min_crop_scale: float = 0.08
-    test_batch_size: int = 500
+    min_crop_scale: float = derived(0.08)
+    test_batch_size: int = derived(500)
+
+    def __post_init__(self):
+        for name, reference in (("temperature", 20), ("lr", 1e-3)):
+            require_positive(f"sre2l.relabel.{name}", getattr(self, name), note=f"SRe2L: {reference}")
+        require_non_negative("sre2l.relabel.weight_decay", self.weight_decay, note="SRe2L: 0.01")
+        for name in ("epochs", "batch_size"):
+            require_int(f"sre2l.relabel.{name}", getattr(self, name), minimum=1)
 
     def augment_fn(self) -> training.AugmentFn:
         """Per-image random resized crop + flip of every training batch (the views the teacher labels)."""

@@ -30,7 +30,7 @@ from jaxdd import (
     synthetic,
     teachers,
 )
-from jaxdd.config import default_values, resolve_backend, split_ints, validate
+from jaxdd.config import default_values, prepare, read_saved, split_ints
 from jaxdd.data.real import RealData
 from jaxdd.errors import UserError
 from jaxdd.export import NCHW_FILE, save_nchw
@@ -47,7 +47,7 @@ def run(
     with this config) runs before the data is loaded. Returns the evaluation results
     {arch: {'mean', 'std', 'accs', 'seconds'}} (empty without eval archs).
     """
-    validate(config)
+    prepare(config)
     workdir = run_folder.prepare(workdir)
     writer = distributed.is_main_process()
     with run_folder.locked(workdir) if writer else contextlib.nullcontext():
@@ -103,7 +103,7 @@ def check_resumable(
             return
     checkpointing.check_config(
         saved,
-        resolve_backend(config.to_dict()),  # as `saved` is read: the same on a config not validated
+        read_saved(config.to_dict()),  # as `saved` is read: the same on a config not validated
         newest,
         directory,
         allow_change=config.resume_with_changed_config,
@@ -133,10 +133,8 @@ def check_resumable(
 
 def _checkpointer(config: ml_collections.ConfigDict, directory: Path) -> checkpointing.Checkpointer:
     """The run's checkpoints; their configs and this run's are compared with this backend's choices where
-    they say 'auto' (`resolve_backend`; configs saved before runs recorded the choices say it)."""
-    return checkpointing.Checkpointer(
-        directory, max_to_keep=config.keep_checkpoints, read_config=resolve_backend
-    )
+    they say 'auto', and older spellings are read as today's (`config.read_saved`)."""
+    return checkpointing.Checkpointer(directory, max_to_keep=config.keep_checkpoints, read_config=read_saved)
 
 
 def distill(
@@ -191,9 +189,10 @@ def distill(
             if save or done % config.log_every == 0 or done in eval_at:
                 _flush(pending, metrics_path if writer else None, progress, log=log)
                 pending = []
-                _check_state(state, done, bound, config, method, last_saved, workdir)
+                digest = checkpointing.state_digest(state)  # checked here, saved with the state below
+                _check_state(state, digest["finite"], done, bound, config, method, last_saved, workdir)
             if save:
-                checkpointer.save(done, state, config.to_dict())
+                checkpointer.save(done, state, config.to_dict(), digest=digest)
                 last_saved = done
             if done in eval_at and done != config.iterations:
                 synset = jax.device_get(state.synset)
@@ -239,10 +238,11 @@ def _require_bounded(state: DistillState, bound: float) -> None:
         raise ValueError(f"its images reach |pixel| {extent:.3g}, beyond max_abs_pixel={bound:g}")
 
 
-def _check_state(state, step, bound, config, method, last_saved, workdir) -> None:
-    """UserError naming the iteration and the recovery when the state has diverged (nothing is saved)."""
+def _check_state(state, finite: bool, step, bound, config, method, last_saved, workdir) -> None:
+    """UserError naming the iteration and the recovery when the state has diverged (not `finite`, or its
+    images beyond `bound`): nothing is saved."""
     extent = float(_max_abs(state.images))
-    if extent <= bound and checkpointing.state_digest(state)["finite"]:
+    if extent <= bound and finite:
         return
     what = f"reached |pixel| {extent:.3g}, beyond max_abs_pixel={bound:g}" if extent == extent else "are NaN"
     kept = (
@@ -287,7 +287,7 @@ def _record_teachers(
         archs += list(metadd.arch_list(config.metadd))
     if not archs:
         return
-    options = teachers.options_from_config(config.teachers, config.dataset)
+    options = teachers.options_from_section(config.teachers, config.dataset)
     reporting.write_json(workdir / "teachers.json", teachers.records(options, real, archs))
 
 

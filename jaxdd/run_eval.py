@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,11 +16,23 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from jaxdd import data, distributed, eval_cache, evaluation, kd, relabel, results, run_folder, synthetic
-from jaxdd.config import eval_protocol, split_names, validate
+from jaxdd import (
+    data,
+    distributed,
+    eval_cache,
+    eval_settings,
+    evaluation,
+    kd,
+    relabel,
+    results,
+    run_folder,
+    synthetic,
+)
+from jaxdd.config import prepare
 from jaxdd.methods import sre2l
 from jaxdd.models import conv
 from jaxdd.seeding import purpose_key
+from jaxdd.settings import from_section
 
 EVAL_CACHE_DIR = "eval_cache"  # the run folder's `jaxdd.eval_cache` of plain students
 
@@ -33,13 +46,18 @@ class _Run:
     workdir: Path
     log: Callable[[str], None]
 
-    @property
-    def archs(self) -> tuple[str, ...]:
-        return split_names(self.config.eval.archs, key="eval.archs")
+    @functools.cached_property
+    def settings(self) -> eval_settings.EvalSettings:
+        """`config.eval`, read once."""
+        return eval_settings.settings_from_section(self.config.eval, self.config.dataset)
 
     @property
-    def protocol(self) -> evaluation.EvalProtocol:
-        return eval_protocol(self.config.eval, self.config.dataset)
+    def archs(self) -> tuple[str, ...]:
+        return self.settings.arch_names
+
+    @property
+    def protocol(self) -> eval_settings.EvalProtocol:
+        return self.settings.protocol
 
     @property
     def key(self) -> jax.Array:
@@ -49,7 +67,7 @@ class _Run:
     def networks(self) -> dict:
         """How many networks per architecture, where they train (`evaluation.train_students`) and how
         their convolutions are computed."""
-        e, conv_options = self.config.eval, conv.options_from_config(self.config)
+        e, conv_options = self.settings, conv.options_from_config(self.config)
         return {
             "num_nets": e.num_nets,
             "parallel": e.parallel,
@@ -97,7 +115,7 @@ def _baselines(run: _Run) -> dict[str, dict]:
     """{row: {arch: summary}} of the configured baselines (`eval.baselines`), plain students."""
     config, real = run.config, run.real
     baselines = {}
-    for baseline in split_names(config.eval.baselines, key="eval.baselines"):
+    for baseline in run.settings.baseline_names:
         if baseline == "random" and config.method != "random":
             subset = synthetic.init_real(real, config.ipc, purpose_key(config.seed, "baseline"))
             baselines[f"random real, IPC {config.ipc}"] = _plain(
@@ -154,7 +172,7 @@ def _kd(run: _Run, name: str, images, labels) -> dict:
     run.log(f"Evaluating {name} with knowledge distillation (teacher {run.config.kd.teacher}):")
     summaries = kd.evaluate_archs_kd(
         run.archs, run.real, images, labels, run.key, protocol=run.protocol,
-        options=kd.options_from_config(run.config.kd), **run.networks, log=run.log,
+        options=from_section(kd.KDOptions, run.config.kd), **run.networks, log=run.log,
     )  # fmt: skip
     for arch, summary in summaries.items():
         run.record(name, kd.column(arch), summary, keys=("mean", "std", "seconds", "temperature"))
@@ -171,12 +189,13 @@ def _soft(run: _Run, name: str, images) -> dict:
 
 def describe_protocol(config: ml_collections.ConfigDict) -> str:
     """One line stating everything the evaluation used (and one for KD), written beside the result."""
-    e = config.eval
+    e, decay = config.eval, config.eval.get("lr_decay_at", eval_settings.EvalProtocol.lr_decay_at)
+    decay_at = "half" if decay == 0.5 else f"{decay:g} of the epochs"
     text = (
         f"Protocol: {config.dataset}, test accuracy (%) mean ± std over {e.num_nets} networks per "
         f"architecture; "
         f"SGD lr {e.lr} momentum {e.momentum} weight decay {e.weight_decay}, batch {e.batch_size}, "
-        f"{e.epochs} epochs, lr ×0.1 at half, augmentation {e.augment!r}, seed {config.seed}"
+        f"{e.epochs} epochs, lr ×0.1 at {decay_at}, augmentation {e.augment!r}, seed {config.seed}"
         + (
             f"; on the validation split ({config.holdout.per_class} training images per class held out, "
             f"seed {config.holdout.seed}), not the test set"
@@ -244,7 +263,7 @@ def evaluate_existing(
 ) -> dict:
     """Evaluates a saved synthetic set (default: `workdir`/synset.npz) with `config.eval`; the config and
     the file are checked (`synthetic.load_npz` against the dataset and `config.ipc`) before any work."""
-    validate(config)
+    prepare(config)
     workdir = Path(workdir)
     info = data.dataset_info(config.dataset)
     # checked against the dataset (shape, labels, classes, finiteness) before any data load or compile

@@ -29,6 +29,8 @@ def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         {
             "variant": "",  # the variant whose setting is chosen; '' = no selection
+            # variants that take the choice beneath their own overrides (ablations of the chosen setting)
+            "also": "",
             "grid": ml_collections.ConfigDict(),  # candidate name -> overrides on top of the variant
             "seeds": "1000,1001",  # distillation seeds of the grid cells (distinct from the study's)
             "val_per_class": 50,  # training images per class held out as the validation split
@@ -45,6 +47,12 @@ def validate(study: ml_collections.ConfigDict, variants: list[str]) -> None:
         f"study.select.variant={s.variant!r} is not a variant; choose one of {', '.join(variants)}.",
     )
     require(len(s.grid) >= 2, f"study.select.grid has {len(s.grid)} candidate(s): give at least two.")
+    for name in split_names(s.also, key="study.select.also"):
+        require(
+            name in variants and name != s.variant,
+            f"study.select.also has {name!r}: name other variants ({', '.join(variants)}) that take the "
+            f"choice made for {s.variant!r}.",
+        )
     seeds = split_ints(s.seeds, key="study.select.seeds")
     study_seeds = split_ints(study.seeds, key="study.seeds")
     require(seeds and len(set(seeds)) == len(seeds), f"study.select.seeds={s.seeds!r} must be distinct.")
@@ -66,7 +74,8 @@ def validate(study: ml_collections.ConfigDict, variants: list[str]) -> None:
 
 def grid_configs(study: ml_collections.ConfigDict) -> dict[tuple[str, int], ml_collections.ConfigDict]:
     """{(candidate, seed): config}: the variant with the candidate's overrides, the validation split
-    held out of its training data and evaluated on (never on the test set)."""
+    held out of its training data and evaluated on (never on the test set), on the architectures that
+    score it only (`scored_archs`: the others would cost evaluations that choose nothing)."""
     from jaxdd.study import cell_config  # study builds on this module
 
     s = study.select
@@ -78,7 +87,19 @@ def grid_configs(study: ml_collections.ConfigDict) -> dict[tuple[str, int], ml_c
             config.eval.split = "validation"
             config.eval.test_size = 0
             configs[(name, seed)] = config
+    scored = ",".join(scored_archs(study, configs))
+    for config in configs.values():
+        config.eval.archs = scored
     return configs
+
+
+def scored_archs(study, grid: Mapping) -> list[str]:
+    """The study's architectures unseen by every candidate of `grid` (all of them when none is)."""
+    from jaxdd.study import seen_archs
+
+    archs = list(split_names(study.archs, key="study.archs"))
+    seen = set().union(*(seen_archs(config, archs) for config in grid.values()))
+    return [a for a in archs if a not in seen] or archs
 
 
 def grid_dir(workdir: Path, name: str, seed: int) -> Path:
@@ -91,7 +112,7 @@ def choose(study, grid: Mapping, workdir: Path, *, log: Callable[[str], None] = 
     """The winning candidate, {'name', 'overrides', 'scores', 'archs', 'text'} (also written to
     selection.json), or None while grid cells are missing. Score: the mean over the grid seeds of the
     validation accuracy averaged over the archs unseen by every candidate (all archs when none is)."""
-    from jaxdd.study import collect, seen_archs
+    from jaxdd.study import collect
 
     accs, missing = collect(grid, lambda g, s: grid_dir(workdir, g, s))
     if missing:
@@ -100,8 +121,7 @@ def choose(study, grid: Mapping, workdir: Path, *, log: Callable[[str], None] = 
         )
         return None
     archs = list(split_names(study.archs, key="study.archs"))
-    seen = set().union(*(seen_archs(config, archs) for config in grid.values()))
-    scored = [a for a in archs if a not in seen] or archs
+    scored = scored_archs(study, grid)
     scores = {
         name: float(np.mean([np.mean([np.mean(by_arch[a]) for a in scored]) for by_arch in by_seed.values()]))
         for name, by_seed in accs.items()
@@ -115,6 +135,9 @@ def choose(study, grid: Mapping, workdir: Path, *, log: Callable[[str], None] = 
         f"on a validation split of {s.val_per_class} training images per class held out of the training "
         f"set (seed {s.holdout_seed}), grid seeds {s.seeds}; the grid never computed a test accuracy."
     )
+    also = split_names(s.also, key="study.select.also")
+    if also:
+        text += f" {', '.join(also)} take the same choice beneath their own overrides."
     chosen = {"name": best, "overrides": s.grid[best].to_dict(), "scores": scores, "archs": scored}
     chosen["text"] = text
     reporting.write_json(Path(workdir) / "selection.json", json.loads(json.dumps(chosen)))
@@ -122,10 +145,18 @@ def choose(study, grid: Mapping, workdir: Path, *, log: Callable[[str], None] = 
     return chosen
 
 
-def with_choice(study, config: ml_collections.ConfigDict, chosen: dict) -> ml_collections.ConfigDict:
-    """`config` (a cell of the selected variant) with the chosen candidate's overrides."""
-    from jaxdd.study import apply_overrides
+def takers(study) -> set[str]:
+    """The variants whose cells wait for the choice: `select.variant` and `select.also`."""
+    return {study.select.variant, *split_names(study.select.also, key="study.select.also")}
 
-    config = ml_collections.ConfigDict(config.to_dict())
-    apply_overrides(config, chosen["overrides"], f"study.select.grid[{chosen['name']!r}]")
-    return config
+
+def with_choice(study, variant: str, seed: int, chosen: dict) -> ml_collections.ConfigDict:
+    """The cell (`variant`, `seed`) with the chosen candidate's overrides: over the variant's own for the
+    selected variant, beneath them for one of `select.also` (whose overrides refine the choice), before
+    the keys left at AUTO are resolved."""
+    from jaxdd.study import cell_config
+
+    if variant == study.select.variant:
+        where = f"study.select.grid[{chosen['name']!r}]"
+        return cell_config(study, variant, seed, chosen["overrides"], where)
+    return cell_config(study, variant, seed, beneath=chosen["overrides"])

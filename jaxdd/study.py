@@ -28,7 +28,8 @@ from pathlib import Path
 import ml_collections
 
 from jaxdd import checkpointing, pool, recipe, reporting, selection, study_report
-from jaxdd.config import default_values, resolve, resolve_augment, resolve_backend, validate
+from jaxdd.augment import resolve_strategy
+from jaxdd.config import default_values, read_saved, resolve, validate
 from jaxdd.config_lists import split_ints, split_names
 from jaxdd.errors import UserError, is_int, require
 from jaxdd.models.registry import CONVNETS
@@ -107,13 +108,16 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides, where: str) ->
 
 
 def cell_config(
-    study: ml_collections.ConfigDict, variant: str, seed: int, extra=(), where: str = ""
+    study: ml_collections.ConfigDict, variant: str, seed: int, extra=(), where: str = "", *, beneath=()
 ) -> ml_collections.ConfigDict:
-    """The run config of one cell: recipe, study overrides, variant overrides, `extra` overrides (a
-    selection's), then the seed and the study's evaluation (archs, networks, no baselines: the study
-    compares its variants)."""
+    """The run config of one cell: recipe, study overrides, `beneath` (a selection's choice that the
+    variant's own overrides refine: an ablation of the chosen setting), variant overrides, `extra`
+    overrides (a grid candidate's, the chosen one's), then the seed and the study's evaluation (archs,
+    networks, no baselines: the study compares its variants); the keys left at AUTO resolved last."""
     config = ml_collections.ConfigDict(recipe.load_recipe(study.recipe).to_dict())
     apply_overrides(config, study.overrides, "study.overrides")
+    if beneath:
+        apply_overrides(config, beneath, "study.select's choice")
     apply_overrides(config, study.variants[variant], f"study.variants[{variant!r}]")
     if extra:
         apply_overrides(config, extra, where)
@@ -205,9 +209,9 @@ def finished(config: ml_collections.ConfigDict, folder: Path) -> bool:
         return False
     # both with this backend's choices for 'auto': a cell's config.json of before runs recorded them, and
     # a grid cell's config, not validated yet
-    saved = resolve_backend(json.loads((folder / "config.json").read_text()))
+    saved = read_saved(json.loads((folder / "config.json").read_text()))
     differences = checkpointing.config_differences(
-        saved, resolve_backend(config.to_dict()), ignored_keys=CELL_IGNORED_KEYS, defaults=default_values()
+        saved, read_saved(config.to_dict()), ignored_keys=CELL_IGNORED_KEYS, defaults=default_values()
     )
     if not differences:
         return True
@@ -224,7 +228,8 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, *, log: Cal
     from every finished cell. Returns the report dict (None when no seed is finished for every variant).
 
     With `study.select.variant`, the grid cells come first (scored on the validation split); the chosen
-    candidate's overrides then complete that variant's cells, which wait until the choice is made.
+    candidate's overrides then complete that variant's cells (and, beneath their own overrides, those of
+    `select.also`), which wait until the choice is made.
     """
     configs = validate_study(study)
     workdir = Path(workdir)
@@ -236,10 +241,11 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, *, log: Cal
             study, grid, grid_todo, lambda g, s: selection.grid_dir(workdir, g, s), log=log, what="grid"
         )
         chosen = selection.choose(study, grid, workdir, log=log)
+        takers = selection.takers(study)
         configs = {
-            (v, s): (selection.with_choice(study, config, chosen) if v == study.select.variant else config)
+            (v, s): (selection.with_choice(study, v, s, chosen) if v in takers else config)
             for (v, s), config in configs.items()
-            if v != study.select.variant or chosen is not None
+            if v not in takers or chosen is not None
         }
     todo = _select(study, list(configs)) if not study.report_only else []
     run_cells(study, configs, todo, lambda v, s: cell_dir(workdir, v, s), log=log, what="cell")
@@ -292,7 +298,7 @@ def protocol_text(config: ml_collections.ConfigDict, recipe_iterations: int) -> 
     """The distillation and evaluation protocol of a cell, and why it is reduced against the reference
     (fewer evaluation epochs, a test subset, fewer iterations than the recipe; empty: not reduced)."""
     e = config.eval
-    augmented = resolve_augment(e.augment, config.dataset) not in ("none", "")
+    augmented = resolve_strategy(e.augment, config.dataset) not in ("none", "")
     reasons = []
     if e.epochs != REFERENCE_EPOCHS[augmented]:
         reasons.append(f"{e.epochs} evaluation epochs (reference {REFERENCE_EPOCHS[augmented]})")

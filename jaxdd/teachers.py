@@ -32,11 +32,12 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
-from jaxdd import augment, evaluation, reporting, training
+from jaxdd import augment, eval_settings, evaluation, reporting, training
 from jaxdd.data.real import RealData
-from jaxdd.errors import UserError, is_finite_number, is_int
+from jaxdd.errors import UserError, require, require_int
 from jaxdd.models import ConvNetSpec, ConvOptions, get_model
 from jaxdd.seeding import purpose_key
+from jaxdd.settings import from_section, section_config
 
 META_FILE = "teacher.json"
 VARIABLES_DIR = "variables"
@@ -49,22 +50,48 @@ TRAIN_SPLIT = "train"
 Arch = str | ConvNetSpec
 
 
+@dataclasses.dataclass(frozen=True)
+class TeacherSettings:
+    """`config.teachers` read once: where teachers are cached and how a missing one is trained (as
+    `eval_settings.EvalProtocol`, lr ×0.1 at half, with its defaults but `epochs`)."""
+
+    dir: str = "~/.cache/jaxdd/teachers"  # <dir>/<dataset>/<arch>/
+    train: bool = True  # train (and cache) a missing teacher; False: a missing one is an error
+    epochs: int = 20
+    batch_size: int = eval_settings.EvalProtocol.batch_size
+    lr: float = eval_settings.EvalProtocol.lr
+    momentum: float = eval_settings.EvalProtocol.momentum
+    weight_decay: float = eval_settings.EvalProtocol.weight_decay
+    augment: str = "none"  # 'none', 'dsa' (the dataset's DSA strategy, per image) or a strategy
+    # the teacher's training key is purpose_key(seed, 'teacher'): one teacher serves every distillation
+    # seed, as in SRe2L and MetaDD
+    seed: int = 0
+
+    def __post_init__(self):
+        eval_settings.check_training_keys(self, "teachers", source="default")
+        require(
+            isinstance(self.dir, str) and bool(self.dir),
+            f"teachers.dir={self.dir!r} must be a folder path, e.g. ~/.cache/jaxdd/teachers.",
+        )
+        require_int("teachers.seed", self.seed, minimum=0, note="default 0")
+        if self.augment not in ("none", "dsa"):
+            augment.parse_strategy(self.augment)
+
+
 def default_config() -> ml_collections.ConfigDict:
-    """The `config.teachers` defaults: where teachers are cached and how a missing one is trained."""
-    return ml_collections.ConfigDict(
-        {
-            "dir": "~/.cache/jaxdd/teachers",  # <dir>/<dataset>/<arch>/
-            "train": True,  # train (and cache) a missing teacher; False: a missing one is an error
-            "epochs": 20,
-            "batch_size": 256,
-            "lr": 0.01,
-            "momentum": 0.9,
-            "weight_decay": 5e-4,
-            "augment": "none",  # 'none', 'dsa' (the dataset's DSA strategy, per image) or a strategy
-            # the teacher's training key is purpose_key(seed, 'teacher'): one teacher serves every
-            # distillation seed, as in SRe2L and MetaDD
-            "seed": 0,
-        }
+    """The `config.teachers` defaults: `TeacherSettings`'."""
+    return section_config(TeacherSettings)
+
+
+def options_from_section(section, dataset: str, *, conv: ConvOptions = ConvOptions()) -> TeacherOptions:
+    """`config.teachers` (a `ConfigDict`, or a dict read back) read once, each key checked
+    (`TeacherSettings`), as the `TeacherOptions` of `dataset` ('dsa' augmentation is its DSA strategy);
+    `conv`: the run's `config.conv`, for the teachers it trains or loads."""
+    settings = from_section(TeacherSettings, section)
+    strategy = augment.resolve_strategy(settings.augment, dataset)
+    protocol = from_section(eval_settings.EvalProtocol, dataclasses.asdict(settings), augment=strategy)
+    return TeacherOptions(
+        settings.dir, train=settings.train, protocol=protocol, seed=settings.seed, conv=conv
     )
 
 
@@ -76,8 +103,8 @@ class TeacherOptions:
 
     directory: str
     train: bool = True
-    protocol: evaluation.EvalProtocol = dataclasses.field(
-        default_factory=lambda: evaluation.EvalProtocol(epochs=20)
+    protocol: eval_settings.EvalProtocol = dataclasses.field(
+        default_factory=lambda: eval_settings.EvalProtocol(epochs=TeacherSettings.epochs)
     )
     seed: int = 0
     conv: ConvOptions = ConvOptions()
@@ -91,26 +118,6 @@ class Teacher(NamedTuple):
     variables: dict
     test_accuracy: float
     meta: dict  # the cache entry's teacher.json: its `key` (how it was trained) and test accuracy
-
-
-def options_from_config(
-    teachers: ml_collections.ConfigDict, dataset: str, *, conv: ConvOptions = ConvOptions()
-) -> TeacherOptions:
-    """`TeacherOptions` from `config.teachers` and `conv` (the run's `config.conv`, for the teachers it
-    trains or loads); 'dsa' augmentation is the dataset's DSA strategy."""
-    strategy = augment.default_strategy(dataset) if teachers.augment == "dsa" else teachers.augment
-    protocol = evaluation.EvalProtocol(
-        epochs=int(teachers.epochs),
-        batch_size=int(teachers.batch_size),
-        lr=float(teachers.lr),
-        momentum=float(teachers.momentum),
-        weight_decay=float(teachers.weight_decay),
-        augment=strategy,
-    )
-    return TeacherOptions(
-        directory=teachers.dir, train=bool(teachers.train), protocol=protocol, seed=int(teachers.seed),
-        conv=conv,
-    )  # fmt: skip
 
 
 def as_arch(spec) -> Arch:
@@ -205,7 +212,7 @@ _accuracy = jax.jit(evaluation.network_accuracy, static_argnums=(0, 1))
 
 def train_teacher(
     model: nn.Module,
-    protocol: evaluation.EvalProtocol,
+    protocol: eval_settings.EvalProtocol,
     real: RealData,
     key: jax.Array,
     *,
@@ -351,25 +358,3 @@ def records(options: TeacherOptions, real: RealData, archs) -> dict:
         meta = json.loads((folder / META_FILE).read_text())
         out[key["arch"]] = {"folder": str(folder), **meta}
     return out
-
-
-def validate(teachers: ml_collections.ConfigDict) -> None:
-    """UserError for a bad `teachers.*` value; cheap."""
-    for name in ("epochs", "batch_size"):
-        value = teachers[name]
-        if not is_int(value) or value < 1:
-            raise UserError(f"teachers.{name}={value!r} must be an integer ≥ 1.")
-    if not (is_finite_number(teachers.lr) and teachers.lr > 0):
-        raise UserError(f"teachers.lr={teachers.lr!r} must be > 0 and finite (default 0.01).")
-    if not (is_finite_number(teachers.momentum) and 0 <= teachers.momentum < 1):
-        raise UserError(f"teachers.momentum={teachers.momentum!r} must lie in [0, 1) (default 0.9).")
-    if not (is_finite_number(teachers.weight_decay) and teachers.weight_decay >= 0):
-        raise UserError(
-            f"teachers.weight_decay={teachers.weight_decay!r} must be ≥ 0 and finite (default 5e-4)."
-        )
-    if not isinstance(teachers.dir, str) or not teachers.dir:
-        raise UserError(f"teachers.dir={teachers.dir!r} must be a folder path, e.g. ~/.cache/jaxdd/teachers.")
-    if not is_int(teachers.seed) or teachers.seed < 0:
-        raise UserError(f"teachers.seed={teachers.seed!r} must be an integer ≥ 0 (default 0).")
-    if teachers.augment not in ("none", "dsa"):
-        augment.parse_strategy(teachers.augment)

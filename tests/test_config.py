@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxdd import checkpointing, recipe
-from jaxdd.config import apply_arg, base_config, default_values, resolve_backend, validate
+from jaxdd.config import apply_arg, base_config, default_values, prepare, resolve_backend, validate
 from jaxdd.config_lists import split_floats, split_ints, split_list, split_names
 from jaxdd.errors import UserError, is_finite_number
 
@@ -367,11 +367,14 @@ def _values(config, keys=BACKEND_KEYS):
     return tuple(flat[key] for key in keys)
 
 
-def test_validate_records_the_backends_choices_in_the_config():
+def test_prepare_records_the_backends_choices_in_the_config_and_validate_changes_nothing():
     config = base_config()
     config.dataset, config.eval.archs = "digits", "ConvNet"
     assert _values(config) == ("auto", "auto", "auto", -1, "auto")
+    before = config.to_dict()
     validate(config)
+    assert config.to_dict() == before
+    assert prepare(config) is config
     assert _values(config) == _values(resolve_backend(base_config(), jax.default_backend()))
     assert "auto" not in _values(config) and -1 not in _values(config)
 

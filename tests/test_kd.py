@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import augment, evaluation, kd, results, run_eval, synthetic, training
+from jaxdd import augment, eval_settings, evaluation, kd, results, run_eval, settings, synthetic, training
 from jaxdd.config import base_config, resolve_backend, validate
 from jaxdd.errors import UserError
 from jaxdd.models import ConvNetSpec, get_model
@@ -70,7 +70,7 @@ def test_temperature_decays_per_epoch_to_its_floor():
 def test_the_loss_sees_the_augmented_batch(blobs):
     images, labels = blobs(3, 2)
     model = get_model(TINY, num_classes=3, image_shape=(8, 8, 1))
-    tx = evaluation.protocol_optimizer(evaluation.EvalProtocol(epochs=1), 6)
+    tx = evaluation.protocol_optimizer(eval_settings.EvalProtocol(epochs=1), 6)
     state = training.init_train_state(model, jax.random.PRNGKey(0), (8, 8, 1), tx)
     key = jax.random.PRNGKey(1)
     aug = lambda x, k: augment.augment(x, k, strategy="scale_rotate", siamese=False)
@@ -89,7 +89,7 @@ def _teacher(images, labels, protocol):
 @pytest.mark.parametrize("strategy", ["none", "scale_rotate"])
 def test_alpha_zero_is_plain_cross_entropy_training(blobs, strategy):
     images, labels = (jnp.asarray(a) for a in blobs(3, 5, seed=3))
-    protocol = evaluation.EvalProtocol(epochs=3, batch_size=4, augment=strategy)  # 15 images: a remainder
+    protocol = eval_settings.EvalProtocol(epochs=3, batch_size=4, augment=strategy)  # 15 images: a remainder
     teacher_model, teacher_state = _teacher(images, labels, protocol)
     student = get_model(ConvNetSpec(width=4, depth=1, norm="batchnorm"), num_classes=3, image_shape=(8, 8, 1))
     key = jax.random.PRNGKey(2)
@@ -122,7 +122,7 @@ def _real(blobs):
 def test_kd_students_pair_with_the_plain_networks_and_search_on_validation(blobs):
     real = _real(blobs)
     synset = synthetic.init_real(real, 2, jax.random.PRNGKey(0))
-    protocol = evaluation.EvalProtocol(epochs=2, batch_size=4)
+    protocol = eval_settings.EvalProtocol(epochs=2, batch_size=4)
     key = jax.random.PRNGKey(4)
     archs = ("MLP",)
     options = dict(num_nets=2, protocol=protocol, log=lambda _: None)
@@ -132,7 +132,7 @@ def test_kd_students_pair_with_the_plain_networks_and_search_on_validation(blobs
     np.testing.assert_allclose(students["MLP"]["accs"], plain["MLP"]["accs"], atol=1e-6)
     assert students["MLP"]["temperature"] == 1.5 and 0 <= students["MLP"]["teacher_acc"] <= 1
 
-    searched = kd.KDOptions(teacher="MLP", temperatures=(1.0, 4.0), val_per_class=4)
+    searched = kd.KDOptions(teacher="MLP", temperatures="1,4", val_per_class=4)
     found = kd.evaluate_archs_kd(archs, real, synset.images, synset.labels, key, options=searched, **options)
     summary = found["MLP"]
     assert set(summary["search"]) == {"1.0", "4.0"}
@@ -188,3 +188,19 @@ def test_kd_validation_names_the_value(changes, expected):
     else:
         with pytest.raises(UserError, match=re.escape(expected)):
             validate(config)
+
+
+def test_kd_options_are_the_section_and_refuse_a_bad_value_naming_the_key():
+    section = kd.default_config()
+    assert section.enabled is False and settings.from_section(kd.KDOptions, section) == kd.KDOptions()
+    assert kd.KDOptions(temperatures="(1, 1.5,2)").temperature_choices == (1.0, 1.5, 2.0)
+    assert kd.KDOptions().temperature_choices == ()
+    for changes, expected in (
+        ({"alpha": -0.1}, "kd.alpha=-0.1"),
+        ({"min_temperature": 0.0}, "kd.min_temperature=0.0"),
+        ({"temperatures": "2,0.001"}, "kd temperature 0.001 is below kd.min_temperature=0.01"),
+        ({"search_nets": 0}, "kd.search_nets=0"),
+        ({"val_per_class": 2.5}, "kd.val_per_class=2.5"),
+    ):
+        with pytest.raises(UserError, match=re.escape(expected)):
+            kd.KDOptions(**changes)

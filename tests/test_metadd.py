@@ -169,7 +169,7 @@ def _config(method: str, teacher_dir: str, **metadd_values) -> ml_collections.Co
     values.update({"dataset": "blobs", "method": method, "ipc": 2, "iterations": 2, "seed": 0})
     values.update({"model": {"width": 4, "depth": 1}, "init": "real"})
     values["gm"].update({"outer_loop": 1, "inner_loop": 1, "batch_real": 4, "batch_train": 4})
-    values["gm"].update({"dsa_strategy": "color_crop" if method == "dsa" else ""})
+    values["gm"].update({"dsa_strategy": "color_crop" if method == "dsa" else "dsa"})
     values["dm"].update({"batch_real": 4, "dsa_strategy": "color_crop"})
     values["sre2l"].update({"batch_ipc": 1})
     values["teachers"].update({"dir": teacher_dir, "epochs": 1, "batch_size": 12})

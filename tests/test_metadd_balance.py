@@ -240,7 +240,7 @@ def test_loading_the_auxiliaries_logs_the_accuracies_teachers_json_records(tiny_
     lines = []
     aux = metadd.load_auxiliaries(config, tiny_real, log=lines.append)
     assert [tap.map_shape for tap in aux.taps] == [(6, 6, 4), (6, 6, 4)]
-    options = teachers.options_from_config(config.teachers, "blobs")
+    options = teachers.options_from_section(config.teachers, "blobs")
     recorded = teachers.records(options, tiny_real, metadd.arch_list(config.metadd))
     for name, record in recorded.items():
         assert any(

@@ -16,7 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxdd import checkpointing, recipe, study
-from jaxdd.config import AUTO, base_config, resolve, validate
+from jaxdd.config import AUTO, base_config, prepare, resolve, validate
 from jaxdd.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,7 +152,7 @@ class _LauncherParser(flags.ArgumentParser):
 def test_the_dm_lr_rule_applies_however_the_ipc_is_given(dataset, ipc, lr_img):
     # in the recipe argument
     config = recipe.load_recipe(f"configs/dm.py:dataset={dataset},ipc={ipc}")
-    validate(config)
+    prepare(config)
     assert config.dm.lr_img == lr_img
     # as --config.ipc after the recipe, applied by ml_collections as the launcher's flag does
     argv = ["jaxdd", f"--config={ROOT / 'configs' / 'dm.py'}:dataset={dataset}", f"--config.ipc={ipc}"]
@@ -160,7 +160,7 @@ def test_the_dm_lr_rule_applies_however_the_ipc_is_given(dataset, ipc, lr_img):
     config_flags.DEFINE_config_file("config", None, "", flag_values=values, sys_argv=argv)
     values["config"].parser = _LauncherParser()
     values(argv)
-    validate(values.config)
+    prepare(values.config)
     assert values.config.ipc == ipc and values.config.dm.lr_img == lr_img
     assert values.config.to_dict()["dm"]["lr_img"] == lr_img  # what config.json records
     # as a study's override
@@ -204,12 +204,15 @@ def _commands(text: str) -> list[str]:
 def test_every_command_in_the_readme_docs_and_recipe_docstrings_loads_and_validates():
     texts = [(ROOT / "README.md").read_text()]
     texts += [path.read_text() for path in sorted((ROOT / "docs").glob("*.md"))]
-    texts += [path.read_text() for path in sorted((ROOT / "configs").glob("*.py"))]
+    texts += [path.read_text() for path in sorted((ROOT / "configs").glob("**/*.py"))]
     specs = sorted({spec for text in texts for spec in _commands(text)})
     assert {"configs/dc.py:dataset=cifar10,ipc=10", "configs/dsa.py:dataset=cifar10"} <= set(specs)
+    assert "configs/studies/metadd_dm_fashion_mnist.py" in specs
     for spec in specs:
         config = recipe.load_recipe(str(ROOT / spec))
-        if "studies/" not in spec:
+        if "studies/" in spec:
+            study.validate_study(config)  # every cell's config, and the selection grid's
+        else:
             validate(config)
 
 

@@ -97,14 +97,14 @@ EVAL_SCRIPT = textwrap.dedent(
     """
     import json
     import jax, numpy as np
-    from jaxdd import evaluation
+    from jaxdd import eval_settings, evaluation
     from jaxdd.models import ConvNetSpec, get_model
 
     rng = np.random.default_rng(0)
     data = (rng.uniform(size=(6, 8, 8, 1)).astype(np.float32), rng.integers(0, 3, 6),
             rng.uniform(size=(300, 8, 8, 1)).astype(np.float32), rng.integers(0, 3, 300))
     model = get_model(ConvNetSpec(width=8, depth=1), num_classes=3, image_shape=(8, 8, 1))
-    protocol = evaluation.EvalProtocol(epochs=3)
+    protocol = eval_settings.EvalProtocol(epochs=3)
     keys = jax.random.split(jax.random.PRNGKey(3), 5)
     out = {"device_count": jax.device_count()}
     for parallel, devices in (("loop", 1), ("loop", 2), ("loop", 4), ("vmap", 4)):

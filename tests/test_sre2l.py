@@ -8,6 +8,7 @@ Tiny sizes (8x8 images, width-4/8 ConvNets); the module compiles with most XLA o
 
 import dataclasses
 import json
+import re
 import shutil
 
 import jax
@@ -16,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxdd import methods, teachers
+from jaxdd import eval_settings, methods, relabel, settings, teachers
 from jaxdd import run as driver
 from jaxdd.config import base_config, validate
 from jaxdd.errors import UserError
@@ -108,13 +109,23 @@ def test_views_keep_shapes_and_full_crops_of_a_constant_image_are_constant():
     np.testing.assert_allclose(np.asarray(half), [0.0, 1.0, 3.0, 4.0], atol=1e-6)
 
 
+def test_the_relabel_section_is_the_protocol_less_its_derived_values():
+    section = sre2l.default_config().relabel
+    assert set(section) == {"enabled", "temperature", "epochs", "batch_size", "lr", "weight_decay"}
+    assert section.enabled is True
+    assert settings.from_section(relabel.RelabelProtocol, section) == relabel.RelabelProtocol()
+    protocol = settings.from_section(relabel.RelabelProtocol, section, min_crop_scale=0.5, test_batch_size=7)
+    assert (protocol.min_crop_scale, protocol.test_batch_size, protocol.temperature) == (0.5, 7, 20.0)
+    for key, value in (("epochs", 0), ("batch_size", 2.0), ("weight_decay", -1.0), ("lr", float("inf"))):
+        with pytest.raises(UserError, match=re.escape(f"sre2l.relabel.{key}={value!r}")):
+            relabel.RelabelProtocol(**{key: value})
+
+
 # ---- squeeze: teacher caching ----
 
 
 def test_a_cached_teacher_is_loaded_instead_of_trained(tiny_real, tmp_path, monkeypatch):
-    options = teachers.TeacherOptions(
-        directory=str(tmp_path), protocol=teachers.evaluation.EvalProtocol(epochs=1)
-    )
+    options = teachers.TeacherOptions(directory=str(tmp_path), protocol=eval_settings.EvalProtocol(epochs=1))
     calls = []
     original = teachers.train_teacher
 
@@ -144,14 +155,14 @@ def test_a_cached_teacher_is_loaded_instead_of_trained(tiny_real, tmp_path, monk
 def test_a_teacher_trained_another_way_is_never_reused(tiny_real, tmp_path):
     quiet = lambda _: None
     one_epoch = teachers.TeacherOptions(
-        directory=str(tmp_path), protocol=teachers.evaluation.EvalProtocol(epochs=1)
+        directory=str(tmp_path), protocol=eval_settings.EvalProtocol(epochs=1)
     )
     teachers.load_or_train_teacher(TINY_BN, tiny_real, one_epoch, log=quiet)
     base = teachers.cache_key(one_epoch, "blobs", TINY_BN, (8, 8, 1), 3)
     for changed in (
-        dataclasses.replace(one_epoch, protocol=teachers.evaluation.EvalProtocol(epochs=2)),
-        dataclasses.replace(one_epoch, protocol=teachers.evaluation.EvalProtocol(epochs=1, lr=0.02)),
-        dataclasses.replace(one_epoch, protocol=teachers.evaluation.EvalProtocol(epochs=1, augment="flip")),
+        dataclasses.replace(one_epoch, protocol=eval_settings.EvalProtocol(epochs=2)),
+        dataclasses.replace(one_epoch, protocol=eval_settings.EvalProtocol(epochs=1, lr=0.02)),
+        dataclasses.replace(one_epoch, protocol=eval_settings.EvalProtocol(epochs=1, augment="flip")),
         dataclasses.replace(one_epoch, seed=1),
     ):
         key = teachers.cache_key(changed, "blobs", TINY_BN, (8, 8, 1), 3)
@@ -165,7 +176,7 @@ def test_a_teacher_trained_another_way_is_never_reused(tiny_real, tmp_path):
     )
     # the run would now train a 2-epoch teacher rather than load the 1-epoch one
     trained = []
-    two = dataclasses.replace(one_epoch, protocol=teachers.evaluation.EvalProtocol(epochs=2))
+    two = dataclasses.replace(one_epoch, protocol=eval_settings.EvalProtocol(epochs=2))
     teacher = teachers.load_or_train_teacher(TINY_BN, tiny_real, two, log=trained.append)
     assert any("Training teacher" in line and "2 epochs" in line for line in trained)
     assert teacher.meta["key"]["protocol"]["epochs"] == 2
@@ -173,9 +184,7 @@ def test_a_teacher_trained_another_way_is_never_reused(tiny_real, tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncated_json", "deleted_variables"])
 def test_a_damaged_cache_entry_is_named_and_retrained_or_refused(tiny_real, tmp_path, damage):
-    options = teachers.TeacherOptions(
-        directory=str(tmp_path), protocol=teachers.evaluation.EvalProtocol(epochs=1)
-    )
+    options = teachers.TeacherOptions(directory=str(tmp_path), protocol=eval_settings.EvalProtocol(epochs=1))
     quiet = lambda _: None
     first = teachers.load_or_train_teacher(TINY_BN, tiny_real, options, log=quiet)
     folder = teachers.entry_dir(options, teachers.cache_key(options, "blobs", TINY_BN, (8, 8, 1), 3))
@@ -199,7 +208,7 @@ def test_a_damaged_cache_entry_is_named_and_retrained_or_refused(tiny_real, tmp_
 
 
 def test_teacher_training_logs_each_epoch_and_trains_the_evaluation_protocols_network(tiny_real):
-    protocol = teachers.evaluation.EvalProtocol(epochs=2, batch_size=16)
+    protocol = eval_settings.EvalProtocol(epochs=2, batch_size=16)
     model = get_model(TINY_BN, num_classes=3, image_shape=(8, 8, 1))
     key = jax.random.key(3)
     lines = []

@@ -9,6 +9,7 @@ from pathlib import Path
 import ml_collections
 import pytest
 
+from jaxdd import selection
 from jaxdd import study as studies
 from jaxdd.config import base_config
 from jaxdd.errors import UserError
@@ -186,6 +187,7 @@ def test_a_setting_is_chosen_on_the_validation_split_then_reported_on_fresh_seed
         grid_cell = tmp_path / "select" / "cells" / name / "seed7"
         config = json.loads((grid_cell / "config.json").read_text())
         assert config["eval"]["split"] == "validation" and config["holdout"]["per_class"] == 20
+        assert config["eval"]["archs"] == "ConvNetD1"  # only what scores the grid is evaluated
     # the grid loaded 10 classes x 20 held-out images as its evaluation set, never the test set
     grid_loads = [line for line in logs if line.startswith("Loaded digits") and "validation images" in line]
     assert len(grid_loads) == 2 and all("/ 200 validation images" in line for line in grid_loads)
@@ -197,6 +199,26 @@ def test_a_setting_is_chosen_on_the_validation_split_then_reported_on_fresh_seed
     assert final["eval"]["split"] == "test" and final["holdout"]["per_class"] == 0
     assert result["selection"] == chosen["text"] and "never computed a test accuracy" in chosen["text"]
     assert chosen["text"] in (tmp_path / "study.md").read_text()
+
+
+def test_the_choice_goes_over_the_selected_variant_and_beneath_the_ablations_own_overrides():
+    study = tiny_study(seeds="0")
+    study.variants["dm+pool:mlp"] = {"pool": {"preset": "custom", "custom": "main:0.5,MLP:0.5"}}
+    study.variants["dm+pool:scale"] = {"pool": {"preset": "custom", "scale": "main"}}
+    study.select.variant, study.select.also = "dm+pool", "dm+pool:mlp,dm+pool:scale"
+    chosen = {"name": "mlp25", "overrides": {"pool": {"custom": "main:0.75,MLP:0.25"}, "ipc": 2}}
+    assert selection.takers(study) == {"dm+pool", "dm+pool:mlp", "dm+pool:scale"}
+    selected = selection.with_choice(study, "dm+pool", 0, chosen)
+    assert (selected.pool.custom, selected.ipc) == ("main:0.75,MLP:0.25", 2)
+    mlp = selection.with_choice(study, "dm+pool:mlp", 0, chosen)
+    assert (mlp.pool.custom, mlp.ipc) == ("main:0.5,MLP:0.5", 2)  # its own key wins, the rest is chosen
+    scale = selection.with_choice(study, "dm+pool:scale", 0, chosen)
+    assert (scale.pool.custom, scale.pool.scale, scale.ipc) == ("main:0.75,MLP:0.25", "main", 2)
+    study.select.also = "dm+pool,nope"
+    study.select.grid = ml_collections.ConfigDict({"a": {}, "b": {"ipc": 2}})
+    study.select.seeds = "7"
+    with pytest.raises(UserError, match=r"study\.select\.also has 'dm\+pool': name other variants"):
+        selection.validate(study, list(study.variants))
 
 
 def test_selection_seeds_must_be_fresh(tmp_path):

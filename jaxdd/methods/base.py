@@ -6,7 +6,8 @@ loops, logs and checkpoints. A method with nothing to optimise (the random-real 
 
 Shared (optax's idea: one update that every optimiser fills in): a method writes only its
 `loss_and_grad(images, key) -> (loss, grad, metrics)`, and
-- `init_state` builds its first state,
+- `init_state` builds its first state, and `sgd_pixel_optimizer` is the matching methods' (DC/DSA, DM)
+  pixel SGD,
 - `pixel_step` is its pixel update: the gradient's norm, the plug-in hooks (MetaDD's `add_gradient`),
   the optax update and an optional projection; `DistillState.step_key` and `DistillState.advance` are
   the key of an outer iteration and its count,
@@ -110,6 +111,12 @@ class Method:
     lr_keys: tuple[str, ...] = ()
     schedule_uses_iterations: bool = False
     teacher_archs: Callable[[ml_collections.ConfigDict], tuple] = lambda config: ()
+
+
+def sgd_pixel_optimizer(lr: float, momentum: float) -> optax.GradientTransformation:
+    """The pixels' SGD of the matching methods (DC/DSA, DM): rate `lr`, heavy-ball `momentum`; momentum 0
+    is plain SGD, with no momentum buffer in the optimiser state (and so in a checkpoint)."""
+    return optax.sgd(lr, momentum=momentum or None)
 
 
 def init_state(

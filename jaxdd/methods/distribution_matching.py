@@ -36,8 +36,18 @@ import optax
 
 from jaxdd import augment, sharding, training
 from jaxdd.data.real import RealData, sample_class_batch
-from jaxdd.errors import is_finite_number, is_int, require
-from jaxdd.methods.base import NO_HOOKS, DistillState, Hooks, Method, bind_model_step, init_state, pixel_step
+from jaxdd.errors import require_in_interval, require_int, require_positive
+from jaxdd.methods.base import (
+    NO_HOOKS,
+    DistillState,
+    Hooks,
+    Method,
+    bind_model_step,
+    init_state,
+    pixel_step,
+    sgd_pixel_optimizer,
+)
+from jaxdd.settings import derived, from_section, section_config
 
 __all__ = [
     "METHOD",
@@ -54,44 +64,52 @@ __all__ = [
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The `config.dm` defaults (the reference's, DESIGN §4.2)."""
-    return ml_collections.ConfigDict(
-        {
-            "batch_real": 256,  # real images per class per iteration, capped to the smallest class
-            "lr_img": 1.0,  # the DM readme: 1 (CIFAR-10 at IPC ≥ 100: 10)
-            "momentum_img": 0.5,
-            "dsa_strategy": "",  # '' = augment.default_strategy(dataset); 'none' = no augmentation
-        }
-    )
+    """The `config.dm` defaults: `Settings`' (the reference's, DESIGN §4.2)."""
+    return section_config(Settings)
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Everything static about one DM run (hashable: a `jit` static argument); strategy '' = no DSA."""
+    """`config.dm`, one DM run's static settings (hashable: a `jit` static argument).
 
-    batch_real: int
+    Attributes:
+      batch_real: real images per class per iteration (`settings_from_config` caps it to the smallest
+        class). lr_img, momentum_img: the pixels' SGD (the DM readme: lr 1; CIFAR-10 at IPC ≥ 100: 10).
+      dsa_strategy: 'dsa' = the dataset's strategy (`augment.default_strategy`), 'none', or a strategy.
+      strategy (derived): the strategy applied, '' for none. devices (derived): the devices the per-class
+        path's classes are split over.
+    """
+
+    batch_real: int = 256
     lr_img: float = 1.0
     momentum_img: float = 0.5
-    strategy: str = ""
-    devices: int = 1  # the per-class path's classes split over this many devices
+    dsa_strategy: str = "dsa"
+    strategy: str = derived("")
+    devices: int = derived(1)
+
+    def __post_init__(self):
+        require_int("dm.batch_real", self.batch_real, minimum=1, note="the reference: 256")
+        require_positive("dm.lr_img", self.lr_img, note="reference: 1; CIFAR-10 IPC ≥ 100: 10")
+        require_in_interval("dm.momentum_img", self.momentum_img, "[0, 1)", note="reference 0.5")
+        augment.check_strategy_key("dm.dsa_strategy", self.dsa_strategy)
 
     @property
     def pixel_optimizer(self) -> optax.GradientTransformation:
-        return optax.sgd(self.lr_img, momentum=self.momentum_img or None)
+        return sgd_pixel_optimizer(self.lr_img, self.momentum_img)
 
 
 def settings_from_config(
     config: ml_collections.ConfigDict, *, min_class_count: int, num_classes: int | None = None
 ) -> Settings:
-    """The run's `Settings`; `batch_real` capped to the smallest class (the reference draws
-    `permutation(class)[:n]`); classes over `config.devices` devices (`sharding.resolve_devices`; one
-    when `num_classes` is not given)."""
+    """The run's `Settings` from `config.dm`: `batch_real` capped to the smallest class (the reference
+    draws `permutation(class)[:n]`); the strategy resolved (`augment.resolve_strategy`); classes over
+    `config.devices` devices (`sharding.resolve_devices`; one when `num_classes` is not given)."""
     dm = config.dm
-    strategy = dm.dsa_strategy or augment.default_strategy(config.dataset)
-    return Settings(
+    strategy = augment.resolve_strategy(dm.dsa_strategy, config.dataset)
+    return from_section(
+        Settings,
+        dm,
         batch_real=min(dm.batch_real, min_class_count),
-        lr_img=float(dm.lr_img),
-        momentum_img=float(dm.momentum_img),
         strategy="_".join(augment.parse_strategy(strategy)),
         devices=sharding.resolve_devices(config.devices, num_classes) if num_classes else 1,
     )
@@ -239,22 +257,9 @@ def make_step(config: ml_collections.ConfigDict, real: RealData, *, log: Callabl
 
 
 def validate(config: ml_collections.ConfigDict, info) -> None:
-    """UserError for a bad `dm.*` value (info: the dataset's `DatasetInfo`); no data, no compilation."""
-    dm = config.dm
-    require(
-        is_int(dm.batch_real) and dm.batch_real >= 1,
-        f"dm.batch_real={dm.batch_real!r} must be an integer ≥ 1 (the reference: 256).",
-    )
-    require(
-        is_finite_number(dm.lr_img) and dm.lr_img > 0,
-        f"dm.lr_img={dm.lr_img!r} must be > 0 and finite (reference: 1; CIFAR-10 IPC ≥ 100: 10).",
-    )
-    require(
-        is_finite_number(dm.momentum_img) and 0 <= dm.momentum_img < 1,
-        f"dm.momentum_img={dm.momentum_img!r} must lie in [0, 1) (reference 0.5).",
-    )
-    if dm.dsa_strategy:
-        augment.parse_strategy(dm.dsa_strategy)
+    """UserError for a bad `dm.*` value (`Settings` checks each; info: the dataset's `DatasetInfo`); no
+    data, no compilation."""
+    from_section(Settings, config.dm)
     sharding.resolve_devices(config.devices, info.num_classes)
 
 

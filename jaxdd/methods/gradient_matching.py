@@ -29,8 +29,17 @@ import optax
 
 from jaxdd import augment, sharding, training
 from jaxdd.data.real import RealData, class_indices
-from jaxdd.errors import UserError, is_finite_number, is_int, require
-from jaxdd.methods.base import NO_HOOKS, DistillState, Hooks, Method, bind_model_step, init_state, pixel_step
+from jaxdd.errors import UserError, require, require_in_interval, require_int, require_positive
+from jaxdd.methods.base import (
+    NO_HOOKS,
+    DistillState,
+    Hooks,
+    Method,
+    bind_model_step,
+    init_state,
+    pixel_step,
+    sgd_pixel_optimizer,
+)
 from jaxdd.methods.matching_distance import METRICS, distance
 from jaxdd.methods.matching_loss import (
     CLASS_LOOPS,
@@ -42,6 +51,7 @@ from jaxdd.methods.matching_loss import (
     stacked_matching_loss_and_grad,
 )
 from jaxdd.models import get_model
+from jaxdd.settings import derived, from_section, section_config
 
 __all__ = [
     "METHOD",
@@ -79,25 +89,8 @@ def backend_default(name: str, backend: str):
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The `config.gm` defaults (the reference's, DESIGN §4.1); 0 loops = from the IPC table."""
-    return ml_collections.ConfigDict(
-        {
-            "outer_loop": 0,  # 0: the reference's value for the IPC (LOOPS)
-            "inner_loop": 0,  # inner training EPOCHS per outer step; 0: from LOOPS
-            "batch_real": 256,  # real images per class per match, capped to the smallest class
-            "batch_train": 256,  # inner-loop batch size
-            "lr_img": 0.1,
-            "momentum_img": 0.5,
-            "lr_net": 0.01,
-            "metric": "ours",  # 'ours' | 'mse' | 'cos'
-            "num_nets": 1,  # K networks per iteration, the loss averaged over them
-            "class_chunk": -1,  # classes per vmap group; 0: all at once; -1: BACKEND_DEFAULTS
-            "class_loop": "auto",  # over class groups: 'map' (lax.map) | 'unroll' | 'auto'
-            "bn_images_per_class": 16,  # real images per class that set BatchNorm statistics
-            "dsa_strategy": "",  # '' = augment.default_strategy(dataset); method 'dsa' only
-            "parallel": "auto",  # over the K networks: 'vmap' | 'loop' | 'map' | 'auto' (BACKEND_DEFAULTS)
-        }
-    )
+    """The `config.gm` defaults: `Settings`' (the reference's, DESIGN §4.1)."""
+    return section_config(Settings)
 
 
 def loops_for_ipc(ipc: int, outer: int = 0, inner: int = 0) -> tuple[int, int]:
@@ -116,32 +109,66 @@ def loops_for_ipc(ipc: int, outer: int = 0, inner: int = 0) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Everything static about one gradient-matching run (hashable: a `jit` static argument).
+    """`config.gm`, one gradient-matching run's static settings (hashable: a `jit` static argument).
 
-    strategy: the DSA strategy of matching and inner training, '' for none (DC). class_chunk (0: all
-    classes in one vmap), class_loop ('map' | 'unroll') and parallel ('vmap' | 'loop' | 'map' over the
-    K networks) choose how the work is iterated, never its result (see `matching_loss`).
+    The fields are the section's keys with the reference's defaults; `settings_from_config` resolves the
+    run's: loops from the IPC table where 0, `batch_real` and `bn_images_per_class` capped to the smallest
+    class, the backend's choices for the markers (-1, 'auto'), `strategy` and `devices`.
+
+    Attributes:
+      outer_loop, inner_loop: matches per iteration, inner training EPOCHS between them (0: `LOOPS`).
+      batch_real: real images per class per match. batch_train: the inner loop's batch size.
+      metric: 'ours' | 'mse' | 'cos'. num_nets: K networks per iteration, the loss averaged over them.
+      class_chunk: classes per vmap group (0: all at once; -1: `BACKEND_DEFAULTS`). class_loop: over
+        class groups, 'map' (lax.map) | 'unroll' | 'auto'. parallel: over the K networks, 'vmap' |
+        'loop' | 'map' | 'auto'. These choose how the work is iterated, never its result.
+      bn_images_per_class: real images per class that set BatchNorm statistics.
+      dsa_strategy: method 'dsa''s strategy: 'dsa' = the dataset's (`augment.default_strategy`) or a
+        strategy string. strategy (derived): the strategy matching and inner training apply, '' for DC.
+      devices (derived): the devices the classes are sharded over.
     """
 
-    outer_loop: int
-    inner_loop: int
-    batch_real: int
+    outer_loop: int = 0
+    inner_loop: int = 0
+    batch_real: int = 256
     batch_train: int = 256
     lr_img: float = 0.1
     momentum_img: float = 0.5
     lr_net: float = 0.01
     metric: str = "ours"
     num_nets: int = 1
+    class_chunk: int = -1
+    class_loop: str = "auto"
     bn_images_per_class: int = 16
-    strategy: str = ""
-    class_chunk: int = 0
-    class_loop: str = "map"
-    parallel: str = "vmap"
-    devices: int = 1
+    dsa_strategy: str = "dsa"
+    parallel: str = "auto"
+    strategy: str = derived("")
+    devices: int = derived(1)
+
+    def __post_init__(self):
+        for name in ("outer_loop", "inner_loop"):
+            value = getattr(self, name)
+            require_int(f"gm.{name}", value, minimum=0, note="0: the reference's value for the IPC")
+        for name in ("batch_real", "batch_train", "num_nets", "bn_images_per_class"):
+            require_int(f"gm.{name}", getattr(self, name), minimum=1)
+        require_int(
+            "gm.class_chunk",
+            self.class_chunk,
+            minimum=-1,
+            note="classes per vmap group; 0: all at once; -1: the backend's default",
+        )
+        require(self.metric in METRICS, f"gm.metric={self.metric!r} must be one of {', '.join(METRICS)}.")
+        for name, valid in (("class_loop", ("auto", *CLASS_LOOPS)), ("parallel", ("auto", *NET_LOOPS))):
+            value = getattr(self, name)
+            require(value in valid, f"gm.{name}={value!r} must be one of {', '.join(valid)}.")
+        for name, reference in (("lr_img", 0.1), ("lr_net", 0.01)):
+            require_positive(f"gm.{name}", getattr(self, name), note=f"the reference uses {reference}")
+        require_in_interval("gm.momentum_img", self.momentum_img, "[0, 1)", note="reference 0.5")
+        augment.check_strategy_key("gm.dsa_strategy", self.dsa_strategy)
 
     @property
     def pixel_optimizer(self) -> optax.GradientTransformation:
-        return optax.sgd(self.lr_img, momentum=self.momentum_img or None)
+        return sgd_pixel_optimizer(self.lr_img, self.momentum_img)
 
     @property
     def net_optimizer(self) -> optax.GradientTransformation:
@@ -164,44 +191,36 @@ class Settings:
 def settings_from_config(
     config: ml_collections.ConfigDict, *, min_class_count: int, num_classes: int = 0
 ) -> Settings:
-    """The run's `Settings`: loops from the IPC table where 0, `batch_real`, `bn_images_per_class` capped
-    to the smallest class (the reference draws `permutation(class)[:n]`, i.e. the whole class when it is
-    smaller); classes sharded over `config.devices` devices (`sharding.resolve_devices`; one when
-    `num_classes` is not given). The loops over classes and networks must be resolved (no 'auto'/-1:
-    `jaxdd.config.validate` puts the backend's `BACKEND_DEFAULTS`)."""
+    """The run's `Settings` from `config.gm`: loops from the IPC table where 0, `batch_real`,
+    `bn_images_per_class` capped to the smallest class (the reference draws `permutation(class)[:n]`,
+    i.e. the whole class when it is smaller); `strategy` '' for DC, else `dsa_strategy` resolved
+    (`augment.resolve_strategy`); classes sharded over `config.devices` devices
+    (`sharding.resolve_devices`; one when `num_classes` is not given). The loops over classes and networks
+    must be resolved (no 'auto'/-1: `jaxdd.config.validate` puts the backend's `BACKEND_DEFAULTS`)."""
     gm = config.gm
     outer, inner = loops_for_ipc(config.ipc, gm.outer_loop, gm.inner_loop)
-    strategy = ""  # DC: no augmentation
-    if config.method == "dsa":
-        strategy = gm.dsa_strategy or augment.default_strategy(config.dataset)
-    return Settings(
+    for name, marker in (("class_chunk", -1), ("class_loop", "auto"), ("parallel", "auto")):
+        _require_resolved(name, gm.get(name, marker), marker)
+    dsa = config.method == "dsa"
+    return from_section(
+        Settings,
+        gm,
         outer_loop=outer,
         inner_loop=inner,
         batch_real=min(gm.batch_real, min_class_count),
-        batch_train=gm.batch_train,
-        lr_img=float(gm.lr_img),
-        momentum_img=float(gm.momentum_img),
-        lr_net=float(gm.lr_net),
-        metric=gm.metric,
-        num_nets=gm.num_nets,
         bn_images_per_class=min(gm.bn_images_per_class, min_class_count),
-        strategy=strategy,
-        class_chunk=_choice(gm, "class_chunk", -1),
-        class_loop=_choice(gm, "class_loop", "auto"),
-        parallel=_choice(gm, "parallel", "auto"),
+        strategy=augment.resolve_strategy(gm.dsa_strategy, config.dataset) if dsa else "",
         devices=sharding.resolve_devices(config.devices, num_classes) if num_classes else 1,
     )
 
 
-def _choice(gm: ml_collections.ConfigDict, name: str, auto):
-    """gm.`name`, which must hold the backend's choice already (a missing key is `auto`, unresolved)."""
-    value = gm.get(name, auto)
-    if value == auto:
+def _require_resolved(name: str, value, marker) -> None:
+    """gm.`name` must hold the backend's choice already (a missing key is the marker, unresolved)."""
+    if value == marker:
         raise UserError(
             f"gm.{name}={value!r} is the backend's choice (BACKEND_DEFAULTS), which jaxdd.config.validate "
             "fills in (jaxdd.config.resolve_backend): validate or resolve the config first."
         )
-    return value
 
 
 def _model(config: ml_collections.ConfigDict, num_classes: int, image_shape) -> nn.Module:
@@ -352,43 +371,17 @@ def make_step(config: ml_collections.ConfigDict, real: RealData, *, log: Callabl
 
 
 def validate(config: ml_collections.ConfigDict, info) -> None:
-    """UserError for a bad `gm.*` value (info: the dataset's `DatasetInfo`); no data, no compilation."""
+    """UserError for a bad `gm.*` value (`Settings` checks each; info: the dataset's `DatasetInfo`) or a
+    combination the dataset or method refuses; no data, no compilation."""
     gm = config.gm
     require(config.method in ("dc", "dsa"), f"method={config.method!r}: gradient matching is 'dc' or 'dsa'.")
-    for name in ("outer_loop", "inner_loop"):
-        require(
-            is_int(gm[name]) and gm[name] >= 0,
-            f"gm.{name}={gm[name]!r} must be an integer ≥ 0 (0: the reference's value for the IPC).",
-        )
+    from_section(Settings, gm)
     loops_for_ipc(config.ipc, gm.outer_loop, gm.inner_loop)
-    for name in ("batch_real", "batch_train", "num_nets", "bn_images_per_class"):
-        require(is_int(gm[name]) and gm[name] >= 1, f"gm.{name}={gm[name]!r} must be an integer ≥ 1.")
     require(
-        is_int(gm.class_chunk) and gm.class_chunk >= -1,
-        f"gm.class_chunk={gm.class_chunk!r} must be an integer ≥ -1 (classes per vmap group; 0: all at "
-        "once; -1: the backend's default).",
+        config.method == "dsa" or gm.dsa_strategy == "dsa",
+        f"gm.dsa_strategy={gm.dsa_strategy!r} is set but method='dc' matches without augmentation: "
+        "use --config.method=dsa, or leave gm.dsa_strategy at 'dsa'.",
     )
-    require(gm.metric in METRICS, f"gm.metric={gm.metric!r} must be one of {', '.join(METRICS)}.")
-    for name, valid in (("class_loop", ("auto", *CLASS_LOOPS)), ("parallel", ("auto", *NET_LOOPS))):
-        value = gm.get(name, "auto")
-        require(value in valid, f"gm.{name}={value!r} must be one of {', '.join(valid)}.")
-    for name, reference in (("lr_img", 0.1), ("lr_net", 0.01)):
-        require(
-            is_finite_number(gm[name]) and gm[name] > 0,
-            f"gm.{name}={gm[name]!r} must be > 0 and finite (the reference uses {reference}).",
-        )
-    require(
-        is_finite_number(gm.momentum_img) and 0 <= gm.momentum_img < 1,
-        f"gm.momentum_img={gm.momentum_img!r} must lie in [0, 1) (reference 0.5).",
-    )
-    if config.method == "dc":
-        require(
-            not gm.dsa_strategy,
-            f"gm.dsa_strategy={gm.dsa_strategy!r} is set but method='dc' matches without augmentation: "
-            "use --config.method=dsa, or leave gm.dsa_strategy empty.",
-        )
-    elif gm.dsa_strategy:
-        augment.parse_strategy(gm.dsa_strategy)
     sharding.resolve_devices(config.devices, info.num_classes)
     _model(config, info.num_classes, info.image_shape)
 

@@ -37,10 +37,18 @@ import optax
 
 from jaxdd import relabel, sharding, teachers, training
 from jaxdd.data.real import RealData, split_name
-from jaxdd.errors import UserError, is_finite_number, is_int, require
+from jaxdd.errors import (
+    UserError,
+    is_int,
+    require,
+    require_in_interval,
+    require_non_negative,
+    require_positive,
+)
 from jaxdd.methods.base import NO_HOOKS, DistillState, Hooks, Method, bind_step, init_state, pixel_step
 from jaxdd.models import MODELS, conv, uses_batch_norm
 from jaxdd.resized_crop import random_resized_crop_flip
+from jaxdd.settings import derived, from_section, section_config
 
 __all__ = [
     "METHOD",
@@ -59,42 +67,45 @@ __all__ = [
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The `config.sre2l` defaults (SRe2L's recover and relabel settings, DESIGN §4.3)."""
-    return ml_collections.ConfigDict(
-        {
-            "lr_img": 0.25,
-            "beta1": 0.5,
-            "beta2": 0.9,
-            "r_bn": 0.01,
-            "min_crop_scale": 0.08,  # RandomResizedCrop(scale=(min_crop_scale, 1))
-            "batch_ipc": 0,  # images per class in one recover batch (BN statistics); 0 = all ipc
-            "relabel": {
-                "enabled": True,  # soft-label columns ('arch+soft') beside the hard-label ones
-                "temperature": 20.0,
-                "epochs": 300,
-                "batch_size": 64,
-                "lr": 1e-3,
-                "weight_decay": 0.01,
-            },
-        }
-    )
+    """The `config.sre2l` defaults: `Settings`' and, under `relabel`, `relabel.RelabelProtocol`'s (SRe2L's
+    recover and relabel settings, DESIGN §4.3); relabel.enabled: soft-label columns ('arch+soft') beside
+    the hard-label ones."""
+    return section_config(Settings, relabel=section_config(relabel.RelabelProtocol, enabled=True))
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Everything static about one recover run (hashable). `low`/`high`: per-channel pixel bounds in the
-    normalised space ((0 − mean)/std, (1 − mean)/std)."""
+    """`config.sre2l`'s recover settings, one run's (hashable: a `jit` static argument).
 
-    iterations: int
+    Attributes:
+      lr_img, beta1, beta2: the pixels' Adam, its rate cosine-decayed over `iterations`.
+      r_bn: the weight of the BatchNorm-statistics term. min_crop_scale: RandomResizedCrop(scale=
+        (min_crop_scale, 1)). batch_ipc: images per class in one recover batch (BN statistics); 0: all.
+      iterations, devices (each batch's views split over them), low/high (per-channel pixel bounds in
+        the normalised space, ((0 − mean)/std, (1 − mean)/std)): derived by `settings_from_config`.
+    """
+
     lr_img: float = 0.25
     beta1: float = 0.5
     beta2: float = 0.9
     r_bn: float = 0.01
     min_crop_scale: float = 0.08
     batch_ipc: int = 0
-    devices: int = 1  # each batch's views split over this many devices (`sharding.resolve_devices`)
-    low: tuple[float, ...] = (0.0,)
-    high: tuple[float, ...] = (1.0,)
+    iterations: int = derived(0)
+    devices: int = derived(1)
+    low: tuple[float, ...] = derived((0.0,))
+    high: tuple[float, ...] = derived((1.0,))
+
+    def __post_init__(self):
+        require_positive("sre2l.lr_img", self.lr_img, note="the reference: 0.25")
+        for name in ("beta1", "beta2"):
+            require_in_interval(f"sre2l.{name}", getattr(self, name), "[0, 1)", note="reference 0.5 / 0.9")
+        require_non_negative("sre2l.r_bn", self.r_bn, note="the reference: 0.01")
+        require_in_interval("sre2l.min_crop_scale", self.min_crop_scale, "(0, 1]", note="ref 0.08")
+        require(
+            is_int(self.batch_ipc) and self.batch_ipc >= 0,
+            f"sre2l.batch_ipc={self.batch_ipc!r} must be 0 (all images in one batch) or an integer ≥ 1.",
+        )
 
     @property
     def pixel_optimizer(self) -> optax.GradientTransformation:
@@ -105,16 +116,11 @@ class Settings:
 
 def settings_from_config(config: ml_collections.ConfigDict, real_or_info) -> Settings:
     """The run's `Settings` (`real_or_info`: anything with `mean`, `std` and `num_classes`)."""
-    s = config.sre2l
     mean, std = real_or_info.mean, real_or_info.std
-    return Settings(
+    return from_section(
+        Settings,
+        config.sre2l,
         iterations=int(config.iterations),
-        lr_img=float(s.lr_img),
-        beta1=float(s.beta1),
-        beta2=float(s.beta2),
-        r_bn=float(s.r_bn),
-        min_crop_scale=float(s.min_crop_scale),
-        batch_ipc=int(s.batch_ipc),
         devices=sharding.resolve_devices(config.devices, real_or_info.num_classes),
         low=tuple(-m / d for m, d in zip(mean, std, strict=True)),
         high=tuple((1 - m) / d for m, d in zip(mean, std, strict=True)),
@@ -253,7 +259,7 @@ def recover_step(
 
 
 def teacher_options(config: ml_collections.ConfigDict) -> teachers.TeacherOptions:
-    return teachers.options_from_config(
+    return teachers.options_from_section(
         config.teachers, config.dataset, conv=conv.options_from_config(config)
     )
 
@@ -287,19 +293,6 @@ def soft_labels_enabled(config: ml_collections.ConfigDict) -> bool:
     return config.method == "sre2l" and bool(config.sre2l.relabel.enabled)
 
 
-def relabel_protocol(config: ml_collections.ConfigDict) -> relabel.RelabelProtocol:
-    r = config.sre2l.relabel
-    return relabel.RelabelProtocol(
-        epochs=int(r.epochs),
-        batch_size=int(r.batch_size),
-        lr=float(r.lr),
-        weight_decay=float(r.weight_decay),
-        temperature=float(r.temperature),
-        min_crop_scale=float(config.sre2l.min_crop_scale),
-        test_batch_size=int(config.eval.test_batch_size),
-    )
-
-
 def evaluate_soft_labels(
     config: ml_collections.ConfigDict,
     real: RealData,
@@ -310,9 +303,15 @@ def evaluate_soft_labels(
     log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
     """The relabel step for every eval architecture: {arch: summary + 'teacher', 'teacher_acc'}."""
+    protocol = from_section(
+        relabel.RelabelProtocol,
+        config.sre2l.relabel,
+        min_crop_scale=config.sre2l.min_crop_scale,
+        test_batch_size=config.eval.test_batch_size,
+    )
     teacher = load_teacher(config, real, log=log)
     results = relabel.evaluate_archs_soft(
-        archs, real, images, key, protocol=relabel_protocol(config),
+        archs, real, images, key, protocol=protocol,
         teacher=(teacher.model, teacher.variables), num_nets=config.eval.num_nets,
         parallel=config.eval.parallel, devices=config.devices, conv=conv.options_from_config(config), log=log,
     )  # fmt: skip
@@ -320,18 +319,10 @@ def evaluate_soft_labels(
     return {arch: {**s, "teacher": name, "teacher_acc": teacher.test_accuracy} for arch, s in results.items()}
 
 
-def _positive_int(value) -> bool:
-    return is_int(value) and value >= 1
-
-
-def _positive_number(value) -> bool:
-    return is_finite_number(value) and value > 0
-
-
 def validate(config: ml_collections.ConfigDict, info) -> None:
     """UserError for a bad `sre2l.*` / `teachers.*` value, a teacher without BatchNorm or a missing cached
     teacher that may not be trained (info: the dataset's `DatasetInfo`); nothing compiles."""
-    s, r = config.sre2l, config.sre2l.relabel
+    s = config.sre2l
     if not uses_batch_norm(teachers.as_arch(config.model)):
         bn_models = ", ".join(name for name in MODELS if uses_batch_norm(name))
         raise UserError(
@@ -343,41 +334,14 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
         f"pool.preset={config.pool.preset if config.get('pool') else ''!r}: SRe2L recovers from one "
         "teacher, not a model pool; set --config.pool.preset=''.",
     )
+    from_section(Settings, s)  # checks the sre2l.* values
     require(
-        _positive_number(s.lr_img),
-        f"sre2l.lr_img={s.lr_img!r} must be > 0 and finite (the reference: 0.25).",
-    )
-    for name in ("beta1", "beta2"):
-        require(
-            is_finite_number(s[name]) and 0 <= s[name] < 1,
-            f"sre2l.{name}={s[name]!r} must lie in [0, 1) (reference 0.5 / 0.9).",
-        )
-    require(
-        is_finite_number(s.r_bn) and s.r_bn >= 0,
-        f"sre2l.r_bn={s.r_bn!r} must be ≥ 0 and finite (the reference: 0.01).",
-    )
-    require(
-        is_finite_number(s.min_crop_scale) and 0 < s.min_crop_scale <= 1,
-        f"sre2l.min_crop_scale={s.min_crop_scale!r} must lie in (0, 1] (ref 0.08).",
-    )
-    require(
-        is_int(s.batch_ipc) and s.batch_ipc >= 0 and (s.batch_ipc == 0 or config.ipc % s.batch_ipc == 0),
+        s.batch_ipc == 0 or config.ipc % s.batch_ipc == 0,
         f"sre2l.batch_ipc={s.batch_ipc!r} must be 0 (all images in one batch) or an integer ≥ 1 dividing "
         f"ipc={config.ipc}.",
     )
-    for name, reference in (("temperature", 20), ("lr", 1e-3)):
-        require(
-            _positive_number(r[name]),
-            f"sre2l.relabel.{name}={r[name]!r} must be > 0 and finite (SRe2L: {reference}).",
-        )
-    require(
-        is_finite_number(r.weight_decay) and r.weight_decay >= 0,
-        f"sre2l.relabel.weight_decay={r.weight_decay!r} must be ≥ 0 and finite (SRe2L: 0.01).",
-    )
-    for name in ("epochs", "batch_size"):
-        require(_positive_int(r[name]), f"sre2l.relabel.{name}={r[name]!r} must be an integer ≥ 1.")
+    from_section(relabel.RelabelProtocol, config.sre2l.relabel)  # checks the sre2l.relabel.* values
     sharding.resolve_devices(config.devices, info.num_classes)
-    teachers.validate(config.teachers)
     teachers.require_cached_or_trainable(
         teacher_options(config),
         info,
