@@ -52,6 +52,8 @@ IGNORED_CONFIG_KEYS: tuple[str, ...] = (
     "compilation_cache_dir",  # where compiled programs are cached
     "teachers.dir",  # where cached teachers are read from
     "teachers.train",  # whether a missing teacher may be trained
+    "mtt.experts_dir",  # where cached expert trajectories are read from
+    "mtt.train_experts",  # whether missing experts may be trained
     "sre2l.relabel",  # soft-label evaluation of the finished set
 )
 

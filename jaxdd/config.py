@@ -28,7 +28,7 @@ from jaxdd import (
 )
 from jaxdd.config_lists import split_ints, split_names
 from jaxdd.errors import UserError, is_finite_number, is_int, require, require_int, require_positive
-from jaxdd.methods import distribution_matching, gradient_matching, sre2l
+from jaxdd.methods import distribution_matching, gradient_matching, mtt, sre2l
 from jaxdd.models import conv
 
 
@@ -74,6 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.dm = distribution_matching.default_config()
     # SRe2L (recover; relabel = soft-label evaluation columns), DESIGN §4.3; its teacher is config.model.
     config.sre2l = sre2l.default_config()
+    # Trajectory matching (MTT), its expert trajectories included (jaxdd.experts).
+    config.mtt = mtt.default_config()
     # Networks trained on the real data and cached (SRe2L's squeeze, MetaDD's auxiliary networks).
     config.teachers = teachers.default_config()
     # Model pool, DESIGN §4.4: which architecture each outer iteration's networks are; '' = config.model.

@@ -4,6 +4,7 @@ python -m jaxdd.main --config=configs/default.py --workdir=runs/x [--config.ipc=
 python -m jaxdd.main --mode=evaluate --config=configs/default.py --workdir=runs/x [--synset=PATH]
 python -m jaxdd.main --mode=table --runs=runs/a,runs/b
 python -m jaxdd.main --mode=study --config=configs/studies/<name>.py --workdir=studies/<name>
+python -m jaxdd.main --mode=experts --config=configs/mtt.py:dataset=cifar10,ipc=10  # MTT's buffer step
 
 Every mistake the user can fix (a bad recipe file, override, value, synthetic set, a full disk) ends the
 process with one line `jaxdd: error: ...` on stderr and exit status 2, no traceback.
@@ -21,7 +22,9 @@ from jaxdd.errors import UserError, disk_full_message, find_cause, is_disk_full
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A recipe file, configs/<recipe>.py[:ARG].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run folder: outputs, and checkpoints to resume from.")
-_MODE = flags.DEFINE_enum("mode", "distill", ["distill", "evaluate", "table", "study"], "What to do.")
+_MODE = flags.DEFINE_enum(
+    "mode", "distill", ["distill", "evaluate", "table", "study", "experts"], "What to do."
+)
 _SYNSET = flags.DEFINE_string("synset", None, "--mode=evaluate: a synset.npz (default: WORKDIR/synset.npz).")
 _RUNS = flags.DEFINE_list("runs", [], "--mode=table: run folders whose eval.json to collect.")
 
@@ -64,6 +67,12 @@ def _dispatch() -> None:
         return
     if _CONFIG.value is None:
         raise UserError("--config is required, e.g. --config=configs/default.py.")
+    if _MODE.value == "experts":  # MTT's expert trajectories alone, into their cache (no run folder)
+        from jaxdd.methods import mtt
+
+        enable_compilation_cache(_CONFIG.value.get("compilation_cache_dir", ""))
+        mtt.prepare_experts(_CONFIG.value)
+        return
     if not _WORKDIR.value:
         raise UserError("--workdir is required: the folder the run writes to, e.g. --workdir=runs/default.")
     is_study = "variants" in _CONFIG.value and "recipe" in _CONFIG.value

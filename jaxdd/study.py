@@ -47,6 +47,8 @@ CELL_IGNORED_KEYS = (
     "distributed",
     "teachers.dir",
     "teachers.train",
+    "mtt.experts_dir",
+    "mtt.train_experts",
     "resume_with_changed_config",
     "resume_with_new_lr",
     "max_abs_pixel",

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from jaxdd.errors import UserError
-from jaxdd.methods import distribution_matching, gradient_matching, random_subset, sre2l
+from jaxdd.methods import distribution_matching, gradient_matching, mtt, random_subset, sre2l
 from jaxdd.methods.base import DistillState, Method
 
 METHODS: dict[str, Method] = {
@@ -13,6 +13,7 @@ METHODS: dict[str, Method] = {
     "dsa": gradient_matching.METHOD,
     "dm": distribution_matching.METHOD,
     "sre2l": sre2l.METHOD,
+    "mtt": mtt.METHOD,
 }
 
 
