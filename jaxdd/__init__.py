@@ -7,12 +7,13 @@ protocol. The run driver is `jaxdd.run.run(config, workdir)`.
 from jaxdd.data import load as load_dataset
 from jaxdd.errors import UserError
 from jaxdd.eval_settings import EvalProtocol
-from jaxdd.evaluation import evaluate_archs, evaluate_model
+from jaxdd.evaluation import Networks, evaluate_archs, evaluate_model
 from jaxdd.models import get_model
 from jaxdd.synthetic import SyntheticSet
 
 __all__ = [
     "EvalProtocol",
+    "Networks",
     "SyntheticSet",
     "UserError",
     "evaluate_archs",

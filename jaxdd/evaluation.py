@@ -6,6 +6,7 @@ full test set after the last epoch is the result. N networks of an architecture 
 
 Plain, KD (`jaxdd.kd`) and soft-label (`jaxdd.relabel`) students differ only in their `Student`: the loss
 and the optimiser; `train_students` trains and tests any of them, `for_each_arch` runs it per architecture.
+How many networks an evaluation trains, where and with which convolutions is one `Networks`.
 `config.eval` is read once, at the edge, as `eval_settings.EvalSettings` and its `EvalProtocol`.
 """
 
@@ -25,7 +26,7 @@ import optax
 
 from jaxdd import eval_cache, sharding, training
 from jaxdd.data.real import RealData
-from jaxdd.errors import UserError
+from jaxdd.errors import UserError, require_int
 from jaxdd.eval_settings import MODES, EvalProtocol
 from jaxdd.models import ConvOptions, get_model
 
@@ -68,6 +69,24 @@ class Student:
     protocol: Any
     loss: StudentLoss = cross_entropy_loss
     optimizer: Callable[[Any, int], optax.GradientTransformation] = protocol_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+    """How an evaluation's networks are run, the same for its plain, KD and soft-label students (hashable);
+    a run builds it once from its config (`jaxdd.run_eval`)."""
+
+    num_nets: int
+    """Networks per architecture, each from its own key: the summary is mean ± std over them."""
+    parallel: str = "loop"
+    """How a device trains its networks, 'loop' or 'vmap' (`train_students`)."""
+    devices: int = 1
+    """Devices the networks are split over (0: all visible; `sharding.resolve_net_devices`)."""
+    conv: ConvOptions = ConvOptions()
+    """How every network's convolutions are computed (a run's `config.conv`)."""
+
+    def __post_init__(self):
+        require_int("num_nets", self.num_nets, minimum=1, note="networks per architecture")
 
 
 def init_student(
@@ -245,15 +264,13 @@ def evaluate_archs(
     key: jax.Array,
     *,
     protocol: EvalProtocol,
-    num_nets: int,
-    parallel: str = "loop",
-    devices: int = 1,
-    conv: ConvOptions = ConvOptions(),
+    networks: Networks,
     cache: tuple[Path, dict, bool] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
-    """The protocol for every architecture in `archs`: {arch: {'mean', 'std', 'accs', 'seconds'}}, the
-    networks split over `devices` devices (`evaluate_model`); `conv`, `cache` as in `for_each_arch`.
+    """The protocol for every architecture in `archs`: {arch: {'mean', 'std', 'accs', 'seconds'}}, its
+    `networks.num_nets` networks trained as `networks` says (`evaluate_model`); `cache` as in
+    `for_each_arch`.
 
     Each architecture gets its networks' keys from `fold_in(key, index)`, so adding an architecture to
     the list does not change the others' results, and two sets evaluated with the same key see the same
@@ -262,8 +279,8 @@ def evaluate_archs(
 
     def accuracies(model, arch_key):
         accs = evaluate_model(
-            model, protocol, jax.random.split(arch_key, num_nets), images, labels, real.test_images,
-            real.test_labels, parallel=parallel, devices=devices,
+            model, protocol, jax.random.split(arch_key, networks.num_nets), images, labels, real.test_images,
+            real.test_labels, parallel=networks.parallel, devices=networks.devices,
         )  # fmt: skip
         return accs, {}
 
@@ -272,8 +289,8 @@ def evaluate_archs(
         real,
         key,
         accuracies,
-        note=lambda summary: f"{num_nets} nets, {summary['seconds']:.1f} s",
-        conv=conv,
+        note=lambda summary: f"{networks.num_nets} nets, {summary['seconds']:.1f} s",
+        conv=networks.conv,
         cache=cache,
         log=log,
     )

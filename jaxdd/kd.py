@@ -248,14 +248,11 @@ def evaluate_archs_kd(
     *,
     protocol: eval_settings.EvalProtocol,
     options: KDOptions,
-    num_nets: int,
-    parallel: str = "loop",
-    devices: int = 1,
-    conv: ConvOptions = ConvOptions(),
+    networks: evaluation.Networks,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
-    """KD students of every architecture, on `devices` devices, the teacher's and the students'
-    convolutions as `conv` says: {arch: {'mean', 'std', 'accs', 'seconds', 'temperature', 'alpha',
+    """KD students of every architecture, `networks.num_nets` of each, run as `networks` says (the
+    teacher's convolutions too): {arch: {'mean', 'std', 'accs', 'seconds', 'temperature', 'alpha',
     'teacher', 'teacher_acc'[, 'search']}}.
 
     Student keys are those of `evaluation.evaluate_archs` with the same `key` (paired with the plain
@@ -263,7 +260,7 @@ def evaluate_archs_kd(
     """
     start = time.perf_counter()
     teacher_model, teacher_state, teacher_acc = train_teacher(
-        options, real, images, labels, key, protocol=protocol, conv=conv
+        options, real, images, labels, key, protocol=protocol, conv=networks.conv
     )
     log(f"  KD teacher {options.teacher}: {100 * teacher_acc:.1f}% ({time.perf_counter() - start:.1f} s)")
     validation = None
@@ -273,13 +270,15 @@ def evaluate_archs_kd(
     def accuracies(model, arch_key):
         train = lambda keys, temperature, test: evaluation.train_students(
             student(model, protocol, teacher_model), keys, images, labels, test=test,
-            loss_args=(teacher_state, options.params(temperature)), parallel=parallel, devices=devices,
+            loss_args=(teacher_state, options.params(temperature)), parallel=networks.parallel,
+            devices=networks.devices,
         )  # fmt: skip
         temperature, extra = options.temperature, {}
         if validation is not None:
             search_key = jax.random.fold_in(arch_key, SEARCH_STREAM)
             temperature, extra["search"] = search_temperature(train, options, search_key, validation)
-        accs = train(jax.random.split(arch_key, num_nets), temperature, (real.test_images, real.test_labels))
+        test = (real.test_images, real.test_labels)
+        accs = train(jax.random.split(arch_key, networks.num_nets), temperature, test)
         extra.update(
             temperature=temperature, alpha=options.alpha, teacher=options.teacher, teacher_acc=teacher_acc
         )
@@ -292,7 +291,7 @@ def evaluate_archs_kd(
         accuracies,
         note=lambda summary: f"τ {summary['temperature']:g}",
         label=column,
-        conv=conv,
+        conv=networks.conv,
         log=log,
     )
 

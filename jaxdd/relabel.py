@@ -26,7 +26,6 @@ import optax
 from jaxdd import evaluation, losses, training
 from jaxdd.data.real import RealData
 from jaxdd.errors import require_int, require_non_negative, require_positive
-from jaxdd.models import ConvOptions
 from jaxdd.resized_crop import random_resized_crop_flip
 from jaxdd.settings import derived
 
@@ -105,27 +104,24 @@ def evaluate_archs_soft(
     *,
     protocol: RelabelProtocol,
     teacher: tuple[nn.Module, dict],
-    num_nets: int,
-    parallel: str = "loop",
-    devices: int = 1,
-    conv: ConvOptions = ConvOptions(),
+    networks: evaluation.Networks,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
     """Soft-label students of every architecture: {arch: {'mean', 'std', 'accs', 'seconds',
-    'temperature'}}; architecture i's students use `split(fold_in(key, i), num_nets)`, split over
-    `devices` devices (`evaluation.train_students`), their convolutions as `conv` says."""
+    'temperature'}}; architecture i's students use `split(fold_in(key, i), networks.num_nets)`, run as
+    `networks` says (`evaluation.train_students`)."""
     teacher_model, teacher_variables = teacher
     labels = jnp.zeros(images.shape[:1], jnp.int32)  # unused: the soft labels replace them
 
     def accuracies(model, arch_key):
         accs = evaluation.train_students(
-            student(model, protocol, teacher_model), jax.random.split(arch_key, num_nets), images, labels,
-            test=(real.test_images, real.test_labels), loss_args=teacher_variables, parallel=parallel,
-            devices=devices,
+            student(model, protocol, teacher_model), jax.random.split(arch_key, networks.num_nets), images,
+            labels, test=(real.test_images, real.test_labels), loss_args=teacher_variables,
+            parallel=networks.parallel, devices=networks.devices,
         )  # fmt: skip
         return accs, {"temperature": protocol.temperature}
 
     return evaluation.for_each_arch(
-        archs, real, key, accuracies, note=lambda _: f"T {protocol.temperature:g}", label=column, conv=conv,
-        log=log,
+        archs, real, key, accuracies, note=lambda _: f"T {protocol.temperature:g}", label=column,
+        conv=networks.conv, log=log,
     )  # fmt: skip

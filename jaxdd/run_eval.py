@@ -63,17 +63,17 @@ class _Run:
     def key(self) -> jax.Array:
         return purpose_key(self.config.seed, "eval")
 
-    @property
-    def networks(self) -> dict:
+    @functools.cached_property
+    def networks(self) -> evaluation.Networks:
         """How many networks per architecture, where they train (`evaluation.train_students`) and how
-        their convolutions are computed."""
-        e, conv_options = self.settings, conv.options_from_config(self.config)
-        return {
-            "num_nets": e.num_nets,
-            "parallel": e.parallel,
-            "devices": self.config.devices,
-            "conv": conv_options,
-        }
+        their convolutions are computed: the same for plain, KD and soft-label students."""
+        e = self.settings
+        return evaluation.Networks(
+            num_nets=e.num_nets,
+            parallel=e.parallel,
+            devices=self.config.devices,
+            conv=conv.options_from_config(self.config),
+        )
 
     def record(self, name: str, column: str, summary: dict, *, keys, step=None) -> None:
         if distributed.is_main_process():
@@ -148,7 +148,7 @@ def _plain(run: _Run, name: str, images, labels, *, step=None) -> dict:
     run.log(f"Evaluating {name} ({images.shape[0]} images) on {', '.join(run.archs)}:")
     tag = _cache_tag("plain", images, labels, run.config, run.protocol)
     summaries = evaluation.evaluate_archs(
-        run.archs, run.real, images, labels, run.key, protocol=run.protocol, **run.networks,
+        run.archs, run.real, images, labels, run.key, protocol=run.protocol, networks=run.networks,
         cache=(run.workdir / EVAL_CACHE_DIR, tag, distributed.is_main_process()), log=run.log,
     )  # fmt: skip
     for arch, summary in summaries.items():
@@ -172,7 +172,7 @@ def _kd(run: _Run, name: str, images, labels) -> dict:
     run.log(f"Evaluating {name} with knowledge distillation (teacher {run.config.kd.teacher}):")
     summaries = kd.evaluate_archs_kd(
         run.archs, run.real, images, labels, run.key, protocol=run.protocol,
-        options=from_section(kd.KDOptions, run.config.kd), **run.networks, log=run.log,
+        options=from_section(kd.KDOptions, run.config.kd), networks=run.networks, log=run.log,
     )  # fmt: skip
     for arch, summary in summaries.items():
         run.record(name, kd.column(arch), summary, keys=("mean", "std", "seconds", "temperature"))
@@ -181,7 +181,9 @@ def _kd(run: _Run, name: str, images, labels) -> dict:
 
 def _soft(run: _Run, name: str, images) -> dict:
     run.log(f"Evaluating {name} with the teacher's soft labels (SRe2L relabel, teacher {run.config.model}):")
-    summaries = sre2l.evaluate_soft_labels(run.config, run.real, images, run.archs, run.key, log=run.log)
+    summaries = sre2l.evaluate_soft_labels(
+        run.config, run.real, images, run.archs, run.key, networks=run.networks, log=run.log
+    )
     for arch, summary in summaries.items():
         run.record(name, relabel.column(arch), summary, keys=("mean", "std", "seconds", "temperature"))
     return summaries

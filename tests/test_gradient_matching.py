@@ -61,8 +61,8 @@ def _config(*, model=None, **gm_overrides) -> ml_collections.ConfigDict:
 
 
 def _loss(model, params, images, real, key, **options):
-    """`matching_loss` of one network without BatchNorm."""
-    return gm.matching_loss(model, params, {}, images, real, key, **options)
+    """`matching_loss` of one network without BatchNorm; `options`: `MatchOptions`' fields."""
+    return gm.matching_loss(model, params, {}, images, real, key, gm.MatchOptions(**options))
 
 
 # ---- the distance ----
@@ -288,7 +288,7 @@ def test_the_production_per_class_gradient_matches_central_differences(blobs, op
         images = jax.random.normal(jax.random.PRNGKey(9), (6, 8, 8, 1), jnp.float64)
         loss_and_grad = jax.jit(
             lambda x: gm.matching_loss_and_grad(
-                model, params, {}, x, real, jax.random.PRNGKey(7), batch_real=3, **options
+                model, params, {}, x, real, jax.random.PRNGKey(7), gm.MatchOptions(batch_real=3, **options)
             )
         )
         _assert_directional_derivatives(loss_and_grad, images)
@@ -306,10 +306,10 @@ def test_the_stacked_gradient_of_the_outer_step_matches_central_differences(blob
         real = real.replace(train_images=real.train_images.astype(jnp.float64))
         nets = _float64(nets.replace(batch_stats=stats))
         images = jax.random.normal(jax.random.PRNGKey(9), (6, 8, 8, 1), jnp.float64)
-        options = {"batch_real": 3, "strategy": "scale_rotate", "parallel": "loop", "class_chunk": 1}
+        options = gm.MatchOptions(batch_real=3, strategy="scale_rotate", parallel="loop", class_chunk=1)
         key = jax.random.PRNGKey(7)
         loss_and_grad = jax.jit(
-            lambda x: gm.stacked_matching_loss_and_grad(model, nets, x, real, key, **options)
+            lambda x: gm.stacked_matching_loss_and_grad(model, nets, x, real, key, options)
         )
         _assert_directional_derivatives(loss_and_grad, images)
 
@@ -346,7 +346,9 @@ def test_k_stacked_networks_and_class_groupings_give_the_same_losses(blobs):
         groupings = [(2, "map"), (1, "unroll")]
         grouped = [one(0, batch_real=4, class_chunk=c, class_loop=loop) for c, loop in groupings]
         stacked = [
-            gm.stacked_matching_loss(model, nets, images, real, key, batch_real=4, parallel=p)
+            gm.stacked_matching_loss(
+                model, nets, images, real, key, gm.MatchOptions(batch_real=4, parallel=p)
+            )
             for p in ("vmap", "loop", "map")
         ]
         return jnp.stack(separate), jnp.stack(grouped), jnp.stack(stacked)
@@ -365,8 +367,8 @@ def _fixed_net_loss(config, real):
     settings = gm.settings_from_config(config, min_class_count=real.min_class_count)
     model = get_model(TINY, num_classes=real.num_classes, image_shape=real.image_shape)
     nets = gm.init_nets(model, dataclasses.replace(settings, num_nets=4), jax.random.PRNGKey(99), (8, 8, 1))
-    key, options = jax.random.PRNGKey(98), settings.loss_options
-    return jax.jit(lambda images: gm.stacked_matching_loss(model, nets, images, real, key, **options))
+    key, options = jax.random.PRNGKey(98), settings.match_options
+    return jax.jit(lambda images: gm.stacked_matching_loss(model, nets, images, real, key, options))
 
 
 def test_outer_step_compiles_once_moves_images_and_lowers_the_loss(blobs):

@@ -125,7 +125,7 @@ def test_kd_students_pair_with_the_plain_networks_and_search_on_validation(blobs
     protocol = eval_settings.EvalProtocol(epochs=2, batch_size=4)
     key = jax.random.PRNGKey(4)
     archs = ("MLP",)
-    options = dict(num_nets=2, protocol=protocol, log=lambda _: None)
+    options = dict(networks=evaluation.Networks(num_nets=2), protocol=protocol, log=lambda _: None)
     plain = evaluation.evaluate_archs(archs, real, synset.images, synset.labels, key, **options)
     zero = kd.KDOptions(alpha=0.0, teacher="MLP")
     students = kd.evaluate_archs_kd(archs, real, synset.images, synset.labels, key, options=zero, **options)

@@ -61,7 +61,7 @@ def test_torch_matching_loss_and_pixel_gradient_equal_jaxdds_on_identical_weight
     params = model.init(jax.random.PRNGKey(3), np.zeros((1, *SHAPE), np.float32), train=False)["params"]
     images = np.asarray(jax.random.normal(jax.random.PRNGKey(4), (6, *SHAPE)))
     loss, grad = gm.matching_loss_and_grad(
-        model, params, {}, images, real, jax.random.PRNGKey(5), batch_real=PER_CLASS
+        model, params, {}, images, real, jax.random.PRNGKey(5), gm.MatchOptions(batch_real=PER_CLASS)
     )
     net, syn, real_by_class = _torch_side(real, params, images)
     generator = torch.Generator().manual_seed(0)

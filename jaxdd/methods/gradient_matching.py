@@ -44,6 +44,7 @@ from jaxdd.methods.matching_distance import METRICS, distance
 from jaxdd.methods.matching_loss import (
     CLASS_LOOPS,
     NET_LOOPS,
+    MatchOptions,
     matching_loss,
     matching_loss_and_grad,
     over_nets,
@@ -55,6 +56,7 @@ from jaxdd.settings import derived, from_section, section_config
 
 __all__ = [
     "METHOD",
+    "MatchOptions",
     "Settings",
     "default_config",
     "distance",
@@ -175,17 +177,10 @@ class Settings:
         return optax.sgd(self.lr_net)  # the reference's inner loop: plain SGD, no momentum
 
     @property
-    def loss_options(self) -> dict:
-        """Keyword arguments of `matching_loss` / `stacked_matching_loss`."""
-        return {
-            "batch_real": self.batch_real,
-            "strategy": self.strategy,
-            "metric": self.metric,
-            "class_chunk": self.class_chunk,
-            "class_loop": self.class_loop,
-            "parallel": self.parallel,
-            "devices": self.devices,
-        }
+    def match_options(self) -> MatchOptions:
+        """The `MatchOptions` that `matching_loss` / `stacked_matching_loss` take: the fields of the same
+        names (every `MatchOptions` field is one of these settings)."""
+        return MatchOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(MatchOptions)})
 
 
 def settings_from_config(
@@ -307,8 +302,8 @@ def outer_step(
             nets = refresh_batch_stats(model, settings, nets, real, bn_key)
 
         def loss_and_grad(images, key):
-            options = settings.loss_options
-            return (*stacked_matching_loss_and_grad(model, nets, images, real, key, **options), {})
+            options = settings.match_options
+            return (*stacked_matching_loss_and_grad(model, nets, images, real, key, options), {})
 
         def backbone(x):  # MetaDD's kl_target='backbone': the K networks' mean prediction, eval mode
             apply = lambda net: training.apply_model(model, net.params, net.batch_stats, x, train=False)[0]

@@ -21,6 +21,8 @@ XLA:CPU's fast kernels.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,6 +33,29 @@ from jaxdd.methods.matching_distance import distance
 
 CLASS_LOOPS = ("map", "unroll")
 NET_LOOPS = ("vmap", "loop", "map")
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchOptions:
+    """How the matching loss is computed (hashable: it may be a `jit` static argument).
+
+    Attributes:
+      batch_real: distinct real images per class per match. strategy: the DSA strategy applied siamese
+        to each class's real and synthetic batch ('' for none, DC). metric: the distance D ('ours' |
+        'mse' | 'cos', `matching_distance.METRICS`).
+      class_chunk: classes per `vmap` group (0: all in one). class_loop: over the groups, 'map'
+        (`lax.map`) | 'unroll'. parallel: over the K stacked networks, 'vmap' | 'loop' | 'map' (the
+        stacked functions only). devices: the devices the classes are split over. These choose how the
+        work is iterated, never its result.
+    """
+
+    batch_real: int
+    strategy: str = ""
+    metric: str = "ours"
+    class_chunk: int = 0
+    class_loop: str = "map"
+    parallel: str = "vmap"
+    devices: int = 1
 
 
 def class_gradient(model: nn.Module, params, batch_stats, images: jax.Array, label) -> dict:
@@ -44,15 +69,16 @@ def class_gradient(model: nn.Module, params, batch_stats, images: jax.Array, lab
 
 
 def class_distance(
-    model, params, batch_stats, real_c, syn_c, label, aug_key, *, strategy: str, metric: str
+    model, params, batch_stats, real_c, syn_c, label, aug_key, options: MatchOptions
 ) -> jax.Array:
-    """D(g_real, g_syn) of one class; `aug_key` augments R_c and S_c identically (siamese DSA)."""
-    if strategy:
-        real_c = augment.augment(real_c, aug_key, strategy=strategy, siamese=True)
-        syn_c = augment.augment(syn_c, aug_key, strategy=strategy, siamese=True)
+    """D(g_real, g_syn) of one class (`options.metric`); `aug_key` augments R_c and S_c identically with
+    `options.strategy` (siamese DSA)."""
+    if options.strategy:
+        real_c = augment.augment(real_c, aug_key, strategy=options.strategy, siamese=True)
+        syn_c = augment.augment(syn_c, aug_key, strategy=options.strategy, siamese=True)
     g_real = jax.lax.stop_gradient(class_gradient(model, params, batch_stats, real_c, label))
     g_syn = class_gradient(model, params, batch_stats, syn_c, label)
-    return distance(g_real, g_syn, metric)
+    return distance(g_real, g_syn, options.metric)
 
 
 def over_classes(fn, labels: jax.Array, syn: jax.Array, *, chunk: int, loop: str):
@@ -109,13 +135,14 @@ def _per_class(fn_of_class, key, real: RealData, batch_real: int):
     return one_class
 
 
-def _every_class(one_class, images: jax.Array, num_classes: int, chunk: int, loop: str, devices: int):
+def _every_class(one_class, images: jax.Array, num_classes: int, options: MatchOptions):
     """one_class(label, syn_c) for every class of the class-major images [C·ipc, H, W, C], stacked on a
-    leading class axis, the classes split over `devices` devices."""
+    leading class axis, the classes split over `options.devices` devices."""
     syn = images.reshape(num_classes, -1, *images.shape[1:])
     labels = jnp.arange(num_classes, dtype=jnp.int32)
+    chunk, loop = options.class_chunk, options.class_loop
     per_class = sharding.over_class_shards(
-        lambda labels, syn: over_classes(one_class, labels, syn, chunk=chunk, loop=loop), devices
+        lambda labels, syn: over_classes(one_class, labels, syn, chunk=chunk, loop=loop), options.devices
     )
     return per_class(labels, syn)
 
@@ -127,25 +154,20 @@ def matching_loss(
     images: jax.Array,
     real: RealData,
     key: jax.Array,
-    *,
-    batch_real: int,
-    strategy: str = "",
-    metric: str = "ours",
-    class_chunk: int = 0,
-    class_loop: str = "map",
-    devices: int = 1,
+    options: MatchOptions,
 ) -> jax.Array:
     """Σ_c D for one network; images [C·ipc, H, W, C] class-major (a scalar, differentiable w.r.t. images).
 
-    Class c's real batch (`batch_real` distinct images) and DSA key come from `fold_in(key, c)`: every
-    network given the same key sees the same real batches and augmentations.
-    `devices` > 1 splits the classes over that many devices (`sharding.over_class_shards`).
+    Class c's real batch (`options.batch_real` distinct images) and DSA key come from `fold_in(key, c)`:
+    every network given the same key sees the same real batches and augmentations.
+    `options.devices` > 1 splits the classes over that many devices (`sharding.over_class_shards`);
+    `options.parallel` is not used (one network).
     """
     distance_c = lambda label, real_c, syn_c, aug_key: class_distance(
-        model, params, batch_stats, real_c, syn_c, label, aug_key, strategy=strategy, metric=metric
+        model, params, batch_stats, real_c, syn_c, label, aug_key, options
     )
-    one_class = _per_class(distance_c, key, real, batch_real)
-    return jnp.sum(_every_class(one_class, images, real.num_classes, class_chunk, class_loop, devices))
+    one_class = _per_class(distance_c, key, real, options.batch_real)
+    return jnp.sum(_every_class(one_class, images, real.num_classes, options))
 
 
 def matching_loss_and_grad(
@@ -155,13 +177,7 @@ def matching_loss_and_grad(
     images: jax.Array,
     real: RealData,
     key: jax.Array,
-    *,
-    batch_real: int,
-    strategy: str = "",
-    metric: str = "ours",
-    class_chunk: int = 0,
-    class_loop: str = "map",
-    devices: int = 1,
+    options: MatchOptions,
 ) -> tuple[jax.Array, jax.Array]:
     """`matching_loss` and its gradient w.r.t. images [C·ipc, H, W, C], one class at a time.
 
@@ -171,16 +187,16 @@ def matching_loss_and_grad(
     """
     value_and_grad_c = jax.value_and_grad(
         lambda syn_c, label, real_c, aug_key: class_distance(
-            model, params, batch_stats, real_c, syn_c, label, aug_key, strategy=strategy, metric=metric
+            model, params, batch_stats, real_c, syn_c, label, aug_key, options
         )
     )
     one_class = _per_class(
         lambda label, real_c, syn_c, aug_key: value_and_grad_c(syn_c, label, real_c, aug_key),
         key,
         real,
-        batch_real,
+        options.batch_real,
     )
-    losses, grads = _every_class(one_class, images, real.num_classes, class_chunk, class_loop, devices)
+    losses, grads = _every_class(one_class, images, real.num_classes, options)
     return jnp.sum(losses), grads.reshape(images.shape)
 
 
@@ -197,24 +213,27 @@ def over_nets(fn, stacked, parallel: str):
     raise ValueError(f"unknown parallel {parallel!r}; valid: {', '.join(NET_LOOPS)}")
 
 
+def _over_stacked(one_net_fn, model, nets: training.TrainState, images, real, key, options: MatchOptions):
+    """one_net_fn(model, params, batch_stats, images, real, key, options) of each of the K stacked
+    networks, iterated as `options.parallel` says; outputs stacked on axis 0."""
+    return over_nets(
+        lambda net: one_net_fn(model, net.params, net.batch_stats, images, real, key, options),
+        nets,
+        options.parallel,
+    )
+
+
 def stacked_matching_loss(
     model: nn.Module,
     nets: training.TrainState,
     images: jax.Array,
     real: RealData,
     key: jax.Array,
-    *,
-    parallel: str = "vmap",
-    **options,
+    options: MatchOptions,
 ) -> jax.Array:
     """The matching loss averaged over K stacked networks (`nets`: leading axis K), all with the same
-    real batches and augmentations; `options` are `matching_loss`'s keyword arguments."""
-    per_net = over_nets(
-        lambda net: matching_loss(model, net.params, net.batch_stats, images, real, key, **options),
-        nets,
-        parallel,
-    )
-    return jnp.mean(per_net)
+    real batches and augmentations; the networks iterated as `options.parallel` says."""
+    return jnp.mean(_over_stacked(matching_loss, model, nets, images, real, key, options))
 
 
 def stacked_matching_loss_and_grad(
@@ -223,14 +242,8 @@ def stacked_matching_loss_and_grad(
     images: jax.Array,
     real: RealData,
     key: jax.Array,
-    *,
-    parallel: str = "vmap",
-    **options,
+    options: MatchOptions,
 ) -> tuple[jax.Array, jax.Array]:
     """`stacked_matching_loss` and its gradient w.r.t. images, through `matching_loss_and_grad`."""
-    losses, grads = over_nets(
-        lambda net: matching_loss_and_grad(model, net.params, net.batch_stats, images, real, key, **options),
-        nets,
-        parallel,
-    )
+    losses, grads = _over_stacked(matching_loss_and_grad, model, nets, images, real, key, options)
     return jnp.mean(losses), jnp.mean(grads, axis=0)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxdd import relabel, sharding, teachers, training
+from jaxdd import evaluation, relabel, sharding, teachers, training
 from jaxdd.data.real import RealData, split_name
 from jaxdd.errors import (
     UserError,
@@ -300,9 +300,11 @@ def evaluate_soft_labels(
     archs,
     key: jax.Array,
     *,
+    networks: evaluation.Networks,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
-    """The relabel step for every eval architecture: {arch: summary + 'teacher', 'teacher_acc'}."""
+    """The relabel step for every eval architecture, its students run as `networks` says: {arch: summary
+    + 'teacher', 'teacher_acc'}."""
     protocol = from_section(
         relabel.RelabelProtocol,
         config.sre2l.relabel,
@@ -311,9 +313,8 @@ def evaluate_soft_labels(
     )
     teacher = load_teacher(config, real, log=log)
     results = relabel.evaluate_archs_soft(
-        archs, real, images, key, protocol=protocol,
-        teacher=(teacher.model, teacher.variables), num_nets=config.eval.num_nets,
-        parallel=config.eval.parallel, devices=config.devices, conv=conv.options_from_config(config), log=log,
+        archs, real, images, key, protocol=protocol, teacher=(teacher.model, teacher.variables),
+        networks=networks, log=log,
     )  # fmt: skip
     name = teachers.arch_folder_name(teachers.as_arch(config.model))
     return {arch: {**s, "teacher": name, "teacher_acc": teacher.test_accuracy} for arch, s in results.items()}
