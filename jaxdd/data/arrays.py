@@ -31,3 +31,11 @@ class DatasetArrays(NamedTuple):
     class_names: tuple[str, ...]
     pixel_max: float
     source: str
+
+    @classmethod
+    def from_splits(
+        cls, splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names: tuple[str, ...], source: str
+    ) -> DatasetArrays:
+        """8-bit arrays from `{'train': (images, labels), 'test': (images, labels)}`."""
+        (train_images, train_labels), (test_images, test_labels) = splits["train"], splits["test"]
+        return cls(train_images, train_labels, test_images, test_labels, class_names, 255.0, source)

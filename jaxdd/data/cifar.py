@@ -114,15 +114,7 @@ def read_archive(archive: CifarArchive, location: pathlib.Path) -> DatasetArrays
         parts = [decode_records(members[f], label_bytes=archive.label_bytes, name=f) for f in files]
         splits[split] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     names = tuple(line.strip() for line in members[archive.names_file].decode().splitlines() if line.strip())
-    return DatasetArrays(
-        train_images=splits["train"][0],
-        train_labels=splits["train"][1],
-        test_images=splits["test"][0],
-        test_labels=splits["test"][1],
-        class_names=names,
-        pixel_max=255.0,
-        source=str(location),
-    )
+    return DatasetArrays.from_splits(splits, names, str(location))
 
 
 def load_cifar(

@@ -164,12 +164,4 @@ def load_tiny_imagenet(*, data_dir: str | None = None, download: bool = False) -
     }
     words = builder.info.metadata.get("class_words") if builder.info.metadata else None
     class_names = tuple(words) if words else tuple(builder.info.features["label"].names)
-    return DatasetArrays(
-        train_images=splits["train"][0],
-        train_labels=splits["train"][1],
-        test_images=splits["test"][0],
-        test_labels=splits["test"][1],
-        class_names=class_names,
-        pixel_max=255.0,
-        source=str(builder.data_path),
-    )
+    return DatasetArrays.from_splits(splits, class_names, str(builder.data_path))
