@@ -67,20 +67,25 @@ ROW_PREFIX = "ROW "  # the worker's one result line on stdout
 
 
 def _config(spec: dict, *, outer: int = 0) -> ml_collections.ConfigDict:
-    """The run config of a variant: `base_config()` with the benchmark's shapes and method."""
+    """The run config of a variant: `base_config()` with the benchmark's shapes and method; `spec` may
+    name the stand-in's 'dataset' (Fashion-MNIST unless told), gradient matching's 'inner_loop' (the
+    reference's for the IPC unless told: an IPC outside its table needs it) and 'overrides' ({dotted
+    key: value}, applied last)."""
     config = base_config()
     method = "dc" if spec["method"] == "dc_metadd" else spec["method"]
-    config.update(dataset="fashion_mnist", method=method, ipc=spec["ipc"], devices=spec["devices"], seed=0)
+    dataset = spec.get("dataset", "fashion_mnist")
+    config.update(dataset=dataset, method=method, ipc=spec["ipc"], devices=spec["devices"], seed=0)
     del config["model"]  # a name (str) in base_config; --quick gives a ConvNet spec dict
     config.model = spec["model"]
     config.init = "real" if method in ("dsa", "dm") else "noise"
     config.iterations = 1000
     if method in ("dc", "dsa"):
-        _, inner = gm.loops_for_ipc(spec["ipc"])
+        _, inner = gm.loops_for_ipc(spec["ipc"], outer or 1, spec.get("inner_loop", 0))
         config.gm.update(
             outer_loop=outer, inner_loop=inner, num_nets=spec["K"], batch_real=spec["batch_real"]
         )
     config.dm.batch_real = spec["batch_real"]
+    config.update_from_flattened_dict(spec.get("overrides", {}))
     return resolve_backend(config)  # the backend's choices, as a run's
 
 
@@ -164,7 +169,8 @@ def measure(spec: dict) -> dict:
     if spec["quick"]:
         jax.config.update("jax_disable_most_optimizations", True)  # compilation dominates a smoke run
     row = {"machine": machine()}
-    real = stand_in_real(spec["classes"], spec["per_class"], tuple(spec["shape"]))
+    dataset = spec.get("dataset", "fashion_mnist")
+    real = stand_in_real(spec["classes"], spec["per_class"], tuple(spec["shape"]), dataset=dataset)
     try:
         programs = _programs(spec, real)
     except UserError as error:

@@ -15,7 +15,8 @@ shuffled batches of 256 }. tests/test_torch_dc.py checks that both give the same
 Fashion-MNIST shapes (10 classes, 28x28x1, random arrays as the real set, 300 per class), batch_real
 256. jaxdd runs its compiled `outer_step` (`lower().compile()`, compile_s) with the CPU defaults of
 `gradient_matching.BACKEND_DEFAULTS` ('auto' settings); PyTorch runs eagerly with as many intra-op
-threads as the process has cores. The two alternate --repeats times; 'seconds' is the best run. IPC 1
+threads as the process has cores, on --torch-device (cpu unless told; 'auto': CUDA where torch sees a
+GPU, its TF32 settings in the notes). The two alternate --repeats times; 'seconds' is the best run. IPC 1
 runs the reference iteration (outer 1, inner 1); a larger IPC runs --outers outer-loop steps with the
 reference's inner epochs, and with 1 and 2 the reference iteration (O matches + O-1 inner trainings, O
 the reference's outer_loop) is extrapolated as O·m + (O-1)·t from m = t(outer 1) and t = t(outer 2) -
@@ -116,17 +117,18 @@ def matching_loss(net, syn, real_by_class, *, ipc: int, batch_real: int, generat
     params = list(net.parameters())
     total = 0.0
     for c, real in enumerate(real_by_class):
-        real_c = real[torch.randperm(real.shape[0], generator=generator)[:batch_real]]
-        g_real = torch.autograd.grad(F.cross_entropy(net(real_c), _labels(c, batch_real)), params)
+        real_c = real[torch.randperm(real.shape[0], generator=generator)[:batch_real].to(real.device)]
+        loss_real = F.cross_entropy(net(real_c), _labels(c, batch_real, syn.device))
+        g_real = torch.autograd.grad(loss_real, params)
         syn_c = syn[c * ipc : (c + 1) * ipc]
-        loss_syn = F.cross_entropy(net(syn_c), _labels(c, ipc))
+        loss_syn = F.cross_entropy(net(syn_c), _labels(c, ipc, syn.device))
         g_syn = torch.autograd.grad(loss_syn, params, create_graph=True)
         total = total + distance_ours([g.detach() for g in g_real], g_syn)
     return total
 
 
-def _labels(c: int, n: int):
-    return torch.full((n,), c, dtype=torch.long)
+def _labels(c: int, n: int, device=None):
+    return torch.full((n,), c, dtype=torch.long, device=device)
 
 
 def outer_iteration(net, syn, pixel_opt, real_by_class, settings: gm.Settings, *, generator) -> list[float]:
@@ -134,7 +136,7 @@ def outer_iteration(net, syn, pixel_opt, real_by_class, settings: gm.Settings, *
     H, W] (stepped by `pixel_opt`); returns Σ_c D of every match."""
     num_classes = len(real_by_class)
     ipc = syn.shape[0] // num_classes
-    labels = torch.arange(num_classes).repeat_interleave(ipc)
+    labels = torch.arange(num_classes, device=syn.device).repeat_interleave(ipc)
     net_opt = torch.optim.SGD(net.parameters(), lr=settings.lr_net)
     losses = []
     for ol in range(settings.outer_loop):
@@ -148,7 +150,7 @@ def outer_iteration(net, syn, pixel_opt, real_by_class, settings: gm.Settings, *
             break
         images = syn.detach()
         for _ in range(settings.inner_loop):
-            order = torch.randperm(images.shape[0], generator=generator)
+            order = torch.randperm(images.shape[0], generator=generator).to(images.device)
             for start in range(0, images.shape[0], settings.batch_train):
                 idx = order[start : start + settings.batch_train]
                 net_opt.zero_grad()
@@ -162,18 +164,19 @@ def pixel_optimizer(syn, settings: gm.Settings):
 
 
 class TorchVariant:
-    """The PyTorch DC iteration of one configuration on the NCHW copy of the real set, and its timings."""
+    """The PyTorch DC iteration of one configuration on the NCHW copy of the real set on `device` (a
+    torch device name, 'cpu' or 'cuda'), and its timings."""
 
-    def __init__(self, real, settings: gm.Settings, *, ipc: int, width: int, depth: int):
-        self.settings, self.width, self.depth = settings, width, depth
+    def __init__(self, real, settings: gm.Settings, *, ipc: int, width: int, depth: int, device: str = "cpu"):
+        self.settings, self.width, self.depth, self.device = settings, width, depth, device
         self.image_shape, self.num_classes = tuple(real.image_shape), real.num_classes
-        images = torch.from_numpy(np.array(real.train_images)).permute(0, 3, 1, 2).contiguous()
+        images = torch.from_numpy(np.array(real.train_images)).permute(0, 3, 1, 2).contiguous().to(device)
         starts, counts = np.asarray(real.class_start), np.asarray(real.class_count)
         self.real_by_class = [images[s : s + n] for s, n in zip(starts, counts, strict=True)]
         self.generator = torch.Generator().manual_seed(0)
         height, width_px, channels = self.image_shape
         self.syn = torch.randn(self.num_classes * ipc, channels, height, width_px, generator=self.generator)
-        self.syn.requires_grad_(True)
+        self.syn = self.syn.to(device).requires_grad_(True)
         self.pixel_opt = pixel_optimizer(self.syn, settings)
         self.times: list[float] = []
 
@@ -182,8 +185,11 @@ class TorchVariant:
         start = time.perf_counter()
         net = torch_convnet(self.num_classes, self.image_shape, width=self.width, depth=self.depth)
         outer_iteration(
-            net, self.syn, self.pixel_opt, self.real_by_class, self.settings, generator=self.generator
-        )
+            net.to(self.device), self.syn, self.pixel_opt, self.real_by_class, self.settings,
+            generator=self.generator,
+        )  # fmt: skip
+        if self.device != "cpu":
+            torch.cuda.synchronize()
         self.times.append(time.perf_counter() - start)
         return self.times[-1]
 
@@ -200,6 +206,7 @@ def main(argv=None) -> None:
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--torch-device", default="cpu", help="'cpu', 'cuda', or 'auto' (cuda if available)")
     add_output_arguments(
         parser, name="bench_torch_dc", quick_help="smoke run: 8x8 images, width-8 depth-1 net, 3 classes, -O0"
     )
@@ -211,8 +218,11 @@ def main(argv=None) -> None:
         jax.config.update("jax_disable_most_optimizations", True)  # compilation dominates a smoke run
     real = real_set_from_args(args)
     threads = _cores()
+    device = args.torch_device
     if torch is not None:
         torch.set_num_threads(threads)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
 
     pairs = []  # (info, jaxdd Variant, TorchVariant | None)
     for ipc in (int(i) for i in args.ipc.split(",")):
@@ -241,7 +251,9 @@ def main(argv=None) -> None:
             jaxdd_variant.settings = settings  # the resolved 'auto' choices, for the notes
             torch_variant = None
             if torch is not None:
-                torch_variant = TorchVariant(real, settings, ipc=ipc, width=args.width, depth=args.depth)
+                torch_variant = TorchVariant(
+                    real, settings, ipc=ipc, width=args.width, depth=args.depth, device=device
+                )
             pairs.append((info, jaxdd_variant, torch_variant))
     for _ in range(args.repeats):
         for info, jaxdd_variant, torch_variant in pairs:
@@ -254,18 +266,30 @@ def main(argv=None) -> None:
     notes = (
         f"DC, ConvNet width {args.width} depth {args.depth} (instance norm, ReLU, avg pool) on "
         f"{args.classes} classes of {args.shape.replace(',', 'x')} random images ({args.per_class}/class), "
-        f"batch_real {args.batch_real}. jaxdd: compiled `outer_step`, CPU defaults (parallel {s.parallel}, "
-        f"class_chunk {s.class_chunk}, class_loop {s.class_loop}), XLA's own thread pool. torch "
-        f"{torch.__version__ if torch is not None else '(not installed)'}: eager, {threads} intra-op threads "
-        f"(set to the core count). 'seconds': best of {args.repeats} alternating runs of one outer "
-        "iteration; jaxdd_over_torch > 1 means jaxdd is slower. ref_iteration_s: the reference iteration "
-        "extrapolated from outer 1 and 2."
+        f"batch_real {args.batch_real}. jaxdd: compiled `outer_step` on {jax.default_backend()}, the "
+        f"backend's defaults (parallel {s.parallel}, class_chunk {s.class_chunk}, class_loop "
+        f"{s.class_loop}), XLA's own thread pool. torch "
+        f"{torch.__version__ if torch is not None else '(not installed)'}: eager on {device}, {threads} "
+        f"intra-op threads (set to the core count){_tf32_note(device)}. 'seconds': best of {args.repeats} "
+        "alternating runs of one outer iteration; jaxdd_over_torch > 1 means jaxdd is slower. "
+        "ref_iteration_s: the reference iteration extrapolated from outer 1 and 2."
     )
     columns = list(dict.fromkeys(c for row in rows for c in row))
     path = write_results(args.name, rows, columns=columns, notes=notes, out_dir=args.out_dir)
     for row in rows:
         print(row)
     print(path)
+
+
+def _tf32_note(device: str) -> str:
+    """On CUDA, whether torch computes float32 convolutions and matmuls in TF32 (its defaults: convolutions
+    yes, matmuls no), as XLA does by default on the GPU."""
+    if torch is None or device == "cpu":
+        return ""
+    return (
+        f", TF32 convolutions {torch.backends.cudnn.allow_tf32}, "
+        f"TF32 matmuls {torch.backends.cuda.matmul.allow_tf32}"
+    )
 
 
 def _rows(pairs, args, threads: int) -> list[dict]:

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from jaxdd.data.real import RealData, from_arrays
+from jaxdd.data.registry import dataset_info
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -39,20 +40,22 @@ def add_output_arguments(parser, *, name: str, quick_help: str) -> None:
     parser.add_argument("--out-dir", default=None)
 
 
-def stand_in_real(num_classes: int, per_class: int, shape) -> RealData:
-    """A Fashion-MNIST-named real set of uniform random images [num_classes·per_class, *shape] (speed and
-    memory do not depend on the pixels), class-major, its first 10 images as the test set."""
+def stand_in_real(num_classes: int, per_class: int, shape, *, dataset: str = "fashion_mnist") -> RealData:
+    """A real set named `dataset` (its registry mean and std; Fashion-MNIST unless told) of uniform random
+    images [num_classes·per_class, *shape] (speed and memory do not depend on the pixels), class-major,
+    its first 10 images as the test set."""
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(num_classes), per_class)
     images = rng.uniform(size=(len(labels), *shape)).astype(np.float32)
+    info = dataset_info(dataset)
     return from_arrays(
-        name="fashion_mnist",
+        name=dataset,
         train_images=images,
         train_labels=labels,
         test_images=images[:10],
         test_labels=labels[:10],
-        mean=(0.2861,),
-        std=(0.3530,),
+        mean=info.mean,
+        std=info.std,
         class_names=tuple(str(c) for c in range(num_classes)),
     )
 
