@@ -89,7 +89,7 @@ def precision_part(ctx) -> None:
     the cosine between their first pixel updates (SGD's first step from zero momentum: -lr_img × the
     pixel gradient), from the same state and key."""
     real = ctx.real("cifar10")
-    config = bench_matrix._config(ctx.spec("dc", "cifar10", 1), outer=1)
+    config = bench_matrix.spec_config(ctx.spec("dc", "cifar10", 1), outer=1)
     results = {}
     for name in ("default", "highest"):
         if ctx.late(name, 15):
@@ -125,7 +125,8 @@ def _program_bytes(ctx, method: str, dataset: str, ipc: int, chunk, real) -> flo
     """Bytes of the compiled outer step (outer 2, inner 1: the step's memory, not its length): XLA's
     arguments + outputs − aliased + temporaries + code (`memory_analysis`)."""
     overrides = {} if chunk is None else {"gm.class_chunk": chunk, "gm.class_loop": "map"}
-    config = bench_matrix._config(ctx.spec(method, dataset, ipc, inner_loop=1, overrides=overrides), outer=2)
+    spec = ctx.spec(method, dataset, ipc, inner_loop=1, overrides=overrides)
+    config = bench_matrix.spec_config(spec, outer=2)
     module = gm if method == "dc" else dm
     step = module.make_step(config, real, log=lambda _: None)
     state = module.init(config, real, jax.random.PRNGKey(0))

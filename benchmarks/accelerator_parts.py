@@ -111,7 +111,7 @@ class Context:
         one (a CPU smoke run: the worker path is bench_matrix's own, tested with it)."""
         if self.quick:
             return bench_matrix.measure(spec)
-        return bench_matrix._run_worker(spec, max(self.left(), 1.0))
+        return bench_matrix.run_worker(spec, max(self.left(), 1.0))
 
 
 def recipe(method: str, arg: str):
@@ -161,7 +161,7 @@ def gm_variants(ctx: Context, dataset: str, ipc: int, outer: int, variants) -> N
     for label, k, overrides in variants:
         if ctx.late(label, 20):
             continue
-        config = bench_matrix._config(ctx.spec("dc", dataset, ipc, K=k), outer=outer)
+        config = bench_matrix.spec_config(ctx.spec("dc", dataset, ipc, K=k), outer=outer)
         config.gm.update(overrides)
         try:
             variant = Variant(config, real, {})
@@ -269,7 +269,7 @@ def eval_part(ctx: Context) -> None:
 
 
 def _peak_mib() -> float:
-    return round(bench_matrix._peak_memory()[0], 1)
+    return round(bench_matrix.peak_memory()[0], 1)
 
 
 def metadd_part(ctx: Context) -> None:

@@ -66,7 +66,7 @@ ROW_PREFIX = "ROW "  # the worker's one result line on stdout
 # ---- one variant, in the worker process ----
 
 
-def _config(spec: dict, *, outer: int = 0) -> ml_collections.ConfigDict:
+def spec_config(spec: dict, *, outer: int = 0) -> ml_collections.ConfigDict:
     """The run config of a variant: `base_config()` with the benchmark's shapes and method; `spec` may
     name the stand-in's 'dataset' (Fashion-MNIST unless told), gradient matching's 'inner_loop' (the
     reference's for the IPC unless told: an IPC outside its table needs it) and 'overrides' ({dotted
@@ -125,12 +125,12 @@ def _programs(spec: dict, real) -> dict[int, Program]:
         outers = [ref_outer] if spec["ipc"] == 1 or spec["outers"] == "ref" else [1, 2]
         programs = {}
         for outer in outers:
-            config = _config(spec, outer=outer)
+            config = spec_config(spec, outer=outer)
             step = gm.make_step(config, real)  # resolves the devices (UserError when they do not fit)
             state = gm.init(config, real, key)
             programs[outer] = Program(gm.outer_step, step.args, (state, real), {"hooks": Hooks(metadd=aux)})
         return programs
-    config = _config(spec)
+    config = spec_config(spec)
     if spec["method"] == "dm":
         settings = dm.settings_from_config(
             config, min_class_count=real.min_class_count, num_classes=real.num_classes
@@ -155,7 +155,7 @@ def _programs(spec: dict, real) -> dict[int, Program]:
     return {1: Program(sre2l.recover_step, (teacher, settings), (variables, state, real), {})}
 
 
-def _peak_memory() -> tuple[float, str]:
+def peak_memory() -> tuple[float, str]:
     """(MiB, what): the largest device peak on accelerators, else the process's peak RSS."""
     if jax.default_backend() != "cpu":
         peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in jax.local_devices()]
@@ -188,7 +188,7 @@ def measure(spec: dict) -> dict:
         seconds = reference_iteration_s(ref_outer, best[1], best[2])
         images, timing = programs[1].images * ref_outer, "extrapolated from outer 1, 2"
         row.update(match_s=round(match, 3), inner_s=round(inner, 3))
-    peak, memory = _peak_memory()
+    peak, memory = peak_memory()
     return {
         **row,
         "status": "ok",
@@ -232,7 +232,7 @@ def _skip_reason(spec: dict) -> str:
     return ""
 
 
-def _run_worker(spec: dict, timeout: float) -> dict:
+def run_worker(spec: dict, timeout: float) -> dict:
     """`measure(spec)` in a fresh process with `spec['devices']` forced host devices."""
     flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={spec['devices']}"
     env = {**os.environ, "XLA_FLAGS": flags.strip()}
@@ -288,7 +288,7 @@ def main(argv=None) -> None:
             variant["K"] = "-"
         reason = _skip_reason(spec)
         print("variant", variant, reason, flush=True)
-        rows.append({**variant, **({"status": reason} if reason else _run_worker(spec, args.timeout))})
+        rows.append({**variant, **({"status": reason} if reason else run_worker(spec, args.timeout))})
         print("  ", {k: v for k, v in rows[-1].items() if k != "machine"}, flush=True)
     # the host as the workers saw it; rows not run get the same. This process initialises no backend
     # unless no worker ran: it must not hold an accelerator the workers need.

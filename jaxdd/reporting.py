@@ -7,7 +7,10 @@ import json
 import time
 from pathlib import Path
 
+import flax
+import jax
 import numpy as np
+import optax
 from PIL import Image, ImageDraw, ImageFont
 
 
@@ -17,6 +20,21 @@ def write_json(path: str | Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+def platform() -> dict:
+    """What computed the run, beside config.json (which holds only what the user chose): the backend,
+    the devices, the library versions and the matmul precision in force (on Ampere+ GPUs XLA's default
+    computes float32 products in TF32; `JAX_DEFAULT_MATMUL_PRECISION=highest` keeps full float32)."""
+    devices = jax.devices()
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "process_count": jax.process_count(),
+        "matmul_precision": jax.config.jax_default_matmul_precision or "default",
+        "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__},
+    }
 
 
 def append_metrics(path: str | Path, record: dict) -> None:

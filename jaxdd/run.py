@@ -1,10 +1,10 @@
 """The run driver: validate, load, distil (resuming from the last checkpoint), export, evaluate.
 
 No math here: the method's jitted step does the work; this loop decides when to fetch metrics, log,
-checkpoint and evaluate. Files (DESIGN §1): config.json, metrics.jsonl, checkpoints/, synset.npz,
-synset_nchw.npz, synset.png, loss.png, eval.json, baselines.json, table.md. In a multi-process run every
-process computes and checkpoints (Orbax coordinates them) but only process 0 writes the other files
-(`distributed.is_main_process`).
+checkpoint and evaluate. Files (DESIGN §1): config.json, platform.json (backend, devices, versions,
+matmul precision), metrics.jsonl, checkpoints/, synset.npz, synset_nchw.npz, synset.png, loss.png,
+eval.json, baselines.json, table.md. In a multi-process run every process computes and checkpoints
+(Orbax coordinates them) but only process 0 writes the other files (`distributed.is_main_process`).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def run(
         if writer:
             _record_teachers(config, method, real, workdir)
             reporting.write_json(workdir / "config.json", config.to_dict())
+            reporting.write_json(workdir / "platform.json", reporting.platform())
             export(config, real, synset, workdir, log=log)
         return run_eval.evaluate_synset(config, real, synset, workdir, log=log)
 

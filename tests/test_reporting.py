@@ -179,3 +179,11 @@ def test_the_run_prints_what_means_something_and_records_every_metric(tmp_path):
     assert [set(r) for r in records] == [
         {"time", "step", "loss", "loss_first", "loss_last", "inner_ce", "grad_norm", "images"}
     ] * 3
+
+
+def test_the_platform_record_names_the_matmul_precision_in_force():
+    assert reporting.platform()["matmul_precision"] == "default"
+    with jax.default_matmul_precision("highest"):
+        record = reporting.platform()
+    assert record["matmul_precision"] == "highest"
+    assert record["device_count"] == len(jax.devices()) and record["versions"]["jax"] == jax.__version__

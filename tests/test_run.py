@@ -50,6 +50,8 @@ def test_a_run_killed_mid_way_resumes_to_the_same_synthetic_set(tmp_path):
     whole = _start(tmp_path / "whole")
     _, err = whole.communicate(timeout=600)
     assert whole.returncode == 0, err
+    platform = json.loads((tmp_path / "whole" / "platform.json").read_text())
+    assert platform["backend"] == "cpu" and platform["matmul_precision"] == "default"  # what ran it
 
     killed = _start(tmp_path / "killed")
     deadline = time.time() + 600
