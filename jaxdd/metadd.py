@@ -236,8 +236,8 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
         return
     m = config.metadd
     require(
-        config.method in ("dc", "dsa", "dm", "sre2l"),
-        f"metadd.enabled with method={config.method!r}: MetaDD regularises dc, dsa, dm or sre2l.",
+        config.method in ("dc", "dsa", "dm", "sre2l", "mtt"),
+        f"metadd.enabled with method={config.method!r}: MetaDD regularises dc, dsa, dm, sre2l or mtt.",
     )
     options, archs = options_from_config(m), arch_list(m)
     require(

@@ -177,10 +177,14 @@ def _config(method: str, teacher_dir: str, **metadd_values) -> ml_collections.Co
     values["metadd"].update(metadd_values)
     if method == "sre2l":
         values.update({"model": {"width": 4, "depth": 1, "norm": "batchnorm"}, "init": "noise"})
+    values["mtt"].update({"experts_dir": f"{teacher_dir}_experts", "num_experts": 1})
+    values["mtt"].update({"expert_augment": "none", "expert_train_epochs": 2, "expert_batch_size": 12})
+    values["mtt"].update({"expert_epochs": 1})
+    values["mtt"].update({"max_start_epoch": 1, "syn_steps": 2, "batch_syn": 2})
     return resolve_backend(ml_collections.ConfigDict(values))
 
 
-@pytest.mark.parametrize("method", ["dc", "dsa", "dm", "sre2l"])
+@pytest.mark.parametrize("method", ["dc", "dsa", "dm", "sre2l", "mtt"])
 def test_every_base_method_runs_two_iterations_with_metadd(method, tiny_real, tmp_path_factory):
     # the plumbing each method adds: its own network for the KL ('backbone'), its base norm ('ratio')
     teacher_dir = str(tmp_path_factory.getbasetemp() / "metadd_teachers")  # shared: trained once
@@ -247,7 +251,7 @@ def test_validate_accepts_the_defaults_and_rejects_a_method_without_a_step():
     validate(_digits_config(normalisation="softmax", cam_threshold=1.5, balance="ratio", lambda_var=0.0))
     config = _digits_config()
     config.method, config.iterations = "random", 0
-    with pytest.raises(UserError, match=r"MetaDD regularises dc, dsa, dm or sre2l"):
+    with pytest.raises(UserError, match=r"MetaDD regularises dc, dsa, dm, sre2l or mtt"):
         validate(config)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import jaxdd.config
-from jaxdd import checkpointing, data, experts, methods, recipe
+from jaxdd import checkpointing, data, experts, recipe
 from jaxdd.config import base_config, resolve_backend
 from jaxdd.errors import UserError
 from jaxdd.methods import mtt
@@ -200,21 +200,8 @@ def test_an_interrupted_expert_resumes_from_its_last_complete_epoch(tmp_path, ti
 # ---- settings and validation ----
 
 
-def _with_mtt():
-    """`base_config()` with the `mtt` section, as base_config will hold it once integrated."""
-    config = base_config()
-    config.mtt = mtt.default_config()
-    return config
-
-
-def _integrate(monkeypatch):
-    """Patches in the lines the integration adds: config.mtt in base_config, 'mtt' in the registry."""
-    monkeypatch.setattr(jaxdd.config, "base_config", _with_mtt)
-    monkeypatch.setitem(methods.METHODS, "mtt", mtt.METHOD)
-
-
 def _config(tmp_path, **mtt_values):
-    config = _with_mtt()
+    config = base_config()
     config.method, config.dataset, config.ipc, config.model = "mtt", "digits", 1, "ConvNetD1"
     config.eval.archs, config.compilation_cache_dir = "", ""
     config.mtt.experts_dir = str(tmp_path / "experts")
@@ -243,7 +230,6 @@ def test_missing_experts_with_training_off_fail_in_validate(tmp_path, monkeypatc
     with pytest.raises(UserError, match=r"2 of the 2 .* experts .* --config.mtt.train_experts=True"):
         mtt.validate(config, data.dataset_info("digits"))
     # through the whole config check, as a run does before loading data or compiling
-    _integrate(monkeypatch)
     with pytest.raises(UserError, match="train_experts"):
         jaxdd.config.validate(config)
     assert calls == []
@@ -281,8 +267,7 @@ def test_two_outer_iterations_learn_pixels_and_step_size_and_checkpoint(tmp_path
 # ---- the recipe ----
 
 
-def test_the_recipe_rows_and_its_commands_validate(monkeypatch):
-    _integrate(monkeypatch)
+def test_the_recipe_rows_and_its_commands_validate():
     config = recipe.load_recipe(str(ROOT / "configs/mtt.py:dataset=cifar10,ipc=50"))
     assert (config.ipc, config.method, config.iterations) == (50, "mtt", 5000)
     assert (config.mtt.syn_steps, config.mtt.max_start_epoch, config.mtt.syn_lr_init) == (30, 40, 0.001)
