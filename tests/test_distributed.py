@@ -70,6 +70,7 @@ def _stepping_method() -> Method:
 
 RUN_FILES = {
     "config.json",
+    "platform.json",
     "eval.json",
     "eval_cache",
     "jaxdd.lock",
