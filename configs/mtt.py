@@ -18,9 +18,11 @@ The IPC picks the table row, so give it in the argument (`:dataset=cifar10,ipc=5
 --config.ipc changes the IPC, not the row's settings (give those as --config.mtt.KEY=VALUE too). A
 (dataset, IPC) without a row keeps the reference's argparse defaults (mtt.* in jaxdd.methods.mtt).
 
-Differences from the reference that the numbers depend on: jaxdd has no ZCA whitening (the rows marked
-ZCA were tuned with it; they run on mean/std-normalised images here), and the evaluation trains with
-eval.lr (0.01), not the learned step size the reference evaluates with.
+The set's students train with the learned step size α, as the reference evaluates (synset.npz's meta
+'learned_lr'; the baselines keep eval.lr; --config.eval.learned_lr=False trains them with eval.lr too,
+e.g. to compare with DC and DM under one protocol). A difference from the reference that the numbers
+depend on: jaxdd has no ZCA whitening (the rows marked ZCA were tuned with it; they run on
+mean/std-normalised images here).
 """
 
 from jaxdd.config_lists import split_names

@@ -99,6 +99,9 @@ class EvalSettings:
     split: str = "test"
     parallel: str = "auto"  # 'loop' | 'vmap' | 'auto' (the measured default of the backend)
     baselines: str = "random"  # comma-separated extra rows: 'random' (real subset, same IPC), 'whole'
+    # a set that carries a learned student step size (MTT's α, synset.npz meta 'learned_lr') trains its
+    # students with it instead of `lr`, as the reference evaluates MTT; False: `lr` for every set
+    learned_lr: bool = True
     protocol: EvalProtocol = derived(EvalProtocol())  # noqa: RUF009 (frozen, so immutable)
 
     def __post_init__(self):
@@ -119,6 +122,10 @@ class EvalSettings:
             self.parallel in PARALLELISM_CHOICES,
             f"eval.parallel={self.parallel!r} is not one of {PARALLELISM_CHOICES}.",
         )
+        require(
+            isinstance(self.learned_lr, bool),
+            f"eval.learned_lr={self.learned_lr!r} must be True or False.",
+        )
         for baseline in self.baseline_names:
             require(
                 baseline in BASELINES,
@@ -130,6 +137,18 @@ class EvalSettings:
     def arch_names(self) -> tuple[str, ...]:
         """The architectures `archs` lists (in any form `config_lists.split_names` reads)."""
         return split_names(self.archs, key="eval.archs")
+
+    def set_protocol(self, learned_lr: float | None) -> EvalProtocol:
+        """The protocol a set's students train with: `protocol`, its lr the set's `learned_lr` where the
+        set has one and `self.learned_lr` asks for it (UserError for a learned rate that is not > 0)."""
+        if learned_lr is None or not self.learned_lr:
+            return self.protocol
+        require(
+            is_finite_number(learned_lr) and learned_lr > 0,
+            f"The set's learned student step size is {learned_lr!r}, which cannot train a network: "
+            "evaluate it with --config.eval.learned_lr=False (eval.lr) instead.",
+        )
+        return dataclasses.replace(self.protocol, lr=float(learned_lr))
 
     @property
     def baseline_names(self) -> tuple[str, ...]:

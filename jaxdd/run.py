@@ -59,13 +59,13 @@ def run(
         if method.make_step is not None and config.iterations > 0:
             state = distill(config, method, real, state, workdir, log=log)
         # on the host: the state may be laid out on the class mesh, evaluation uses every device
-        synset = jax.device_get(state.synset)
+        synset, learned_lr = jax.device_get(state.synset), method.learned_lr(state)
         if writer:
             _record_teachers(config, method, real, workdir)
             reporting.write_json(workdir / "config.json", config.to_dict())
             reporting.write_json(workdir / "platform.json", reporting.platform())
-            export(config, real, synset, workdir, log=log)
-        return run_eval.evaluate_synset(config, real, synset, workdir, log=log)
+            export(config, real, synset, workdir, learned_lr=learned_lr, log=log)
+        return run_eval.evaluate_synset(config, real, synset, workdir, learned_lr=learned_lr, log=log)
 
 
 def resume_ignored_keys(config: ml_collections.ConfigDict, method: Method) -> tuple[str, ...]:
@@ -196,8 +196,10 @@ def distill(
                 checkpointer.save(done, state, config.to_dict(), digest=digest)
                 last_saved = done
             if done in eval_at and done != config.iterations:
-                synset = jax.device_get(state.synset)
-                run_eval.evaluate_during_run(config, real, synset, workdir, iteration=done, log=log)
+                synset, learned_lr = jax.device_get(state.synset), method.learned_lr(state)
+                run_eval.evaluate_during_run(
+                    config, real, synset, workdir, iteration=done, learned_lr=learned_lr, log=log
+                )
     finally:
         checkpointer.close()
     return state
@@ -298,11 +300,15 @@ def export(
     synset: synthetic.SyntheticSet,
     workdir: Path,
     *,
+    learned_lr: float | None = None,
     log: Callable[[str], None] = print,
 ) -> None:
     """Writes synset.npz, its PyTorch layout synset_nchw.npz (`jaxdd.export`), synset.png and, when
-    metrics exist, the loss curve loss.png."""
+    metrics exist, the loss curve loss.png. `learned_lr` (the student step size the method learned with
+    the set) goes into both files' meta as 'learned_lr'."""
     meta = {"dataset": config.dataset, "ipc": config.ipc, "method": config.method, "seed": config.seed}
+    if learned_lr is not None:
+        meta["learned_lr"] = learned_lr
     synthetic.save_npz(workdir / "synset.npz", synset, mean=real.mean, std=real.std, meta=meta)
     save_nchw(
         workdir / NCHW_FILE,

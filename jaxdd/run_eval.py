@@ -45,6 +45,7 @@ class _Run:
     real: data.RealData
     workdir: Path
     log: Callable[[str], None]
+    learned_lr: float | None = None  # the set's learned student step size (`Method.learned_lr`)
 
     @functools.cached_property
     def settings(self) -> eval_settings.EvalSettings:
@@ -57,7 +58,13 @@ class _Run:
 
     @property
     def protocol(self) -> eval_settings.EvalProtocol:
+        """How the baselines' students train (`config.eval`)."""
         return self.settings.protocol
+
+    @functools.cached_property
+    def set_protocol(self) -> eval_settings.EvalProtocol:
+        """How the set's students train: `protocol`, its lr the set's learned one under eval.learned_lr."""
+        return self.settings.set_protocol(self.learned_lr)
 
     @property
     def key(self) -> jax.Array:
@@ -86,16 +93,19 @@ def evaluate_synset(
     synset: synthetic.SyntheticSet,
     workdir: Path,
     *,
+    learned_lr: float | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Evaluates `synset` and the configured baselines on `config.eval.archs`; writes eval.json,
-    baselines.json and table.md in `workdir` and prints the table. Returns {column: summary}."""
-    run = _Run(config, real, Path(workdir), log)
+    baselines.json and table.md in `workdir` and prints the table. Returns {column: summary}.
+    `learned_lr`: the student step size the method learned with the set (`Method.learned_lr`), which its
+    students train with under eval.learned_lr (the baselines keep eval.lr)."""
+    run = _Run(config, real, Path(workdir), log, learned_lr)
     if not run.archs:
         log("eval.archs is empty: no evaluation.")
         return {}
     name = f"{config.method} (IPC {config.ipc})"
-    plain = _plain(run, name, synset.images, synset.labels)
+    plain = _plain(run, name, synset.images, synset.labels, protocol=run.set_protocol)
     kd_results = _kd(run, name, synset.images, synset.labels) if kd_enabled(config) else {}
     soft = _soft(run, name, synset.images) if sre2l.soft_labels_enabled(config) else {}
     evaluated = results.merge_columns(run.archs, plain=plain, kd_results=kd_results, soft=soft)
@@ -104,7 +114,8 @@ def evaluate_synset(
         results.write_eval(run.workdir, evaluated)
     baselines = _baselines(run)
     rows = {f"{config.method}, IPC {config.ipc}": evaluated, **baselines}
-    table = results.markdown_table(rows, list(evaluated)) + "\n" + describe_protocol(config)
+    protocol_line = describe_protocol(config, run.set_protocol)
+    table = results.markdown_table(rows, list(evaluated)) + "\n" + protocol_line
     if writer:
         results.write_table(run.workdir, table, baselines)
     log("\n" + table)
@@ -133,22 +144,26 @@ def evaluate_during_run(
     workdir: Path,
     *,
     iteration: int,
+    learned_lr: float | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Evaluates the set at an intermediate iteration (config.eval_at); records it in metrics.jsonl only."""
-    run = _Run(config, real, Path(workdir), log)
+    """Evaluates the set at an intermediate iteration (config.eval_at); records it in metrics.jsonl only.
+    `learned_lr`: as `evaluate_synset`'s, at that iteration."""
+    run = _Run(config, real, Path(workdir), log, learned_lr)
     if not run.archs:
         return {}
-    return _plain(
-        run, f"{config.method} at iteration {iteration}", synset.images, synset.labels, step=iteration
-    )
+    name = f"{config.method} at iteration {iteration}"
+    return _plain(run, name, synset.images, synset.labels, protocol=run.set_protocol, step=iteration)
 
 
-def _plain(run: _Run, name: str, images, labels, *, step=None) -> dict:
-    run.log(f"Evaluating {name} ({images.shape[0]} images) on {', '.join(run.archs)}:")
-    tag = _cache_tag("plain", images, labels, run.config, run.protocol)
+def _plain(run: _Run, name: str, images, labels, *, protocol=None, step=None) -> dict:
+    """Plain students of `protocol` (default: the baselines', eval.*) on every architecture."""
+    protocol = protocol or run.protocol
+    lr_note = f", lr {protocol.lr:g} learned with the set" if protocol.lr != run.protocol.lr else ""
+    run.log(f"Evaluating {name} ({images.shape[0]} images{lr_note}) on {', '.join(run.archs)}:")
+    tag = _cache_tag("plain", images, labels, run.config, protocol)
     summaries = evaluation.evaluate_archs(
-        run.archs, run.real, images, labels, run.key, protocol=run.protocol, networks=run.networks,
+        run.archs, run.real, images, labels, run.key, protocol=protocol, networks=run.networks,
         cache=(run.workdir / EVAL_CACHE_DIR, tag, distributed.is_main_process()), log=run.log,
     )  # fmt: skip
     for arch, summary in summaries.items():
@@ -171,7 +186,7 @@ def _cache_tag(kind: str, images, labels, config, protocol) -> dict:
 def _kd(run: _Run, name: str, images, labels) -> dict:
     run.log(f"Evaluating {name} with knowledge distillation (teacher {run.config.kd.teacher}):")
     summaries = kd.evaluate_archs_kd(
-        run.archs, run.real, images, labels, run.key, protocol=run.protocol,
+        run.archs, run.real, images, labels, run.key, protocol=run.set_protocol,
         options=from_section(kd.KDOptions, run.config.kd), networks=run.networks, log=run.log,
     )  # fmt: skip
     for arch, summary in summaries.items():
@@ -189,14 +204,19 @@ def _soft(run: _Run, name: str, images) -> dict:
     return summaries
 
 
-def describe_protocol(config: ml_collections.ConfigDict) -> str:
-    """One line stating everything the evaluation used (and one for KD), written beside the result."""
+def describe_protocol(
+    config: ml_collections.ConfigDict, set_protocol: eval_settings.EvalProtocol | None = None
+) -> str:
+    """One line stating everything the evaluation used (and one for KD), written beside the result;
+    `set_protocol`: the set's students' protocol where its lr is the set's learned one."""
     e, decay = config.eval, config.eval.get("lr_decay_at", eval_settings.EvalProtocol.lr_decay_at)
     decay_at = "half" if decay == 0.5 else f"{decay:g} of the epochs"
+    learned = set_protocol is not None and set_protocol.lr != e.lr
+    lr = f"{set_protocol.lr:.4g} (learned with the set; baselines {e.lr})" if learned else f"{e.lr}"
     text = (
         f"Protocol: {config.dataset}, test accuracy (%) mean ± std over {e.num_nets} networks per "
         f"architecture; "
-        f"SGD lr {e.lr} momentum {e.momentum} weight decay {e.weight_decay}, batch {e.batch_size}, "
+        f"SGD lr {lr} momentum {e.momentum} weight decay {e.weight_decay}, batch {e.batch_size}, "
         f"{e.epochs} epochs, lr ×0.1 at {decay_at}, augmentation {e.augment!r}, seed {config.seed}"
         + (
             f"; on the validation split ({config.holdout.per_class} training images per class held out, "
@@ -269,8 +289,9 @@ def evaluate_existing(
     workdir = Path(workdir)
     info = data.dataset_info(config.dataset)
     # checked against the dataset (shape, labels, classes, finiteness) before any data load or compile
-    synset, _ = synthetic.load_npz(synset_path or workdir / "synset.npz", info=info, ipc=config.ipc)
+    synset, extra = synthetic.load_npz(synset_path or workdir / "synset.npz", info=info, ipc=config.ipc)
     workdir = run_folder.prepare(workdir)  # writable, before the evaluation that writes its results
     with run_folder.locked(workdir) if distributed.is_main_process() else contextlib.nullcontext():
         real = load_real(config, log)
-        return evaluate_synset(config, real, synset, workdir, log=log)
+        learned_lr = extra["meta"].get("learned_lr")
+        return evaluate_synset(config, real, synset, workdir, learned_lr=learned_lr, log=log)

@@ -3,7 +3,8 @@
 A study file, `configs/studies/<name>.py`, returns `default_config()` filled in: a base `recipe`
 ('FILE[:ARG]'), `overrides` for every cell, `variants` (name → overrides, nested like the config:
 `{'pool': {'preset': 'main_similar'}}`), the distillation `seeds` (the same for every variant, so the
-variants are paired), the evaluation `archs`, `num_nets` networks per (set, arch) and the `reference`
+variants are paired; a variant's `recipe` key replaces the base recipe for it, e.g. DC against DM
+against MTT), the evaluation `archs`, `num_nets` networks per (set, arch) and the `reference`
 variant. Each (variant, seed) is a cell: an ordinary run folder `<workdir>/cells/<variant>/seed<s>/`,
 distilled and evaluated by `jaxdd.run.run`, so resume, checkpoints and metrics apply and the
 evaluation's network seeds come from the cell's seed alone (shared across variants). A rerun continues
@@ -109,6 +110,19 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides, where: str) ->
             raise UserError(f"{where} sets {dotted!r}, which is not a config key of the recipe.") from None
 
 
+VARIANT_RECIPE = "recipe"  # the one variant key that is not a config key: the variant's own base recipe
+
+
+def variant_recipe(study: ml_collections.ConfigDict, variant: str) -> str:
+    """The recipe `variant`'s cells start from: its own `recipe` key, else the study's."""
+    return study.variants[variant].get(VARIANT_RECIPE, None) or study.recipe
+
+
+def variant_overrides(study: ml_collections.ConfigDict, variant: str) -> dict:
+    """`variant`'s config overrides (its entry without the `recipe` key)."""
+    return {k: v for k, v in study.variants[variant].items() if k != VARIANT_RECIPE}
+
+
 def cell_config(
     study: ml_collections.ConfigDict, variant: str, seed: int, extra=(), where: str = "", *, beneath=()
 ) -> ml_collections.ConfigDict:
@@ -116,11 +130,11 @@ def cell_config(
     variant's own overrides refine: an ablation of the chosen setting), variant overrides, `extra`
     overrides (a grid candidate's, the chosen one's), then the seed and the study's evaluation (archs,
     networks, no baselines: the study compares its variants); the keys left at AUTO resolved last."""
-    config = ml_collections.ConfigDict(recipe.load_recipe(study.recipe).to_dict())
+    config = ml_collections.ConfigDict(recipe.load_recipe(variant_recipe(study, variant)).to_dict())
     apply_overrides(config, study.overrides, "study.overrides")
     if beneath:
         apply_overrides(config, beneath, "study.select's choice")
-    apply_overrides(config, study.variants[variant], f"study.variants[{variant!r}]")
+    apply_overrides(config, variant_overrides(study, variant), f"study.variants[{variant!r}]")
     if extra:
         apply_overrides(config, extra, where)
     config.seed = seed
@@ -317,6 +331,22 @@ def protocol_text(config: ml_collections.ConfigDict, recipe_iterations: int) -> 
     return text, reasons
 
 
+def _other_variants(study, configs: Mapping, first: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
+    """(what, reasons) for the variants that distil with another method or iteration count than the
+    first cell (a study across methods): 'VARIANT: METHOD, N iterations' each, and the reduced ones
+    against their own recipe."""
+    what, reasons = [], []
+    for variant in dict.fromkeys(v for v, _ in configs):
+        config = next(c for (v, _), c in configs.items() if v == variant)
+        if (config.method, config.iterations) == (first.method, first.iterations):
+            continue
+        what.append(f"{variant}: {config.method}, {config.iterations} iterations")
+        planned = recipe.load_recipe(variant_recipe(study, variant)).iterations
+        if config.iterations < planned:
+            reasons.append(f"{variant} {config.iterations} iterations (recipe {planned})")
+    return what, reasons
+
+
 def report(
     study,
     configs: Mapping,
@@ -333,9 +363,15 @@ def report(
         log("Study: no seed is finished for every variant yet; no report written.")
         return None
     archs = list(split_names(study.archs, key="study.archs"))
-    first = configs[next(iter(configs))]
+    first_cell = next(iter(configs))
+    first = configs[first_cell]
     seen = {v: seen_archs(configs[(v, s)], archs) for (v, s) in configs}
-    protocol, reasons = protocol_text(first, recipe.load_recipe(study.recipe).iterations)
+    planned = recipe.load_recipe(variant_recipe(study, first_cell[0])).iterations
+    protocol, reasons = protocol_text(first, planned)
+    others, other_reasons = _other_variants(study, configs, first)
+    if others:
+        protocol += f" ({first_cell[0]}; " + "; ".join(others) + ")"
+    reasons += other_reasons
     if reasons:
         protocol += "; reduced: " + ", ".join(reasons)
     if missing:

@@ -2,6 +2,7 @@
 `config.eval` and `config.teachers` read once (their dataclasses, their defaults and checks)."""
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
@@ -205,3 +206,48 @@ def test_the_protocol_line_states_where_the_lr_drops():
     assert "lr ×0.1 at half," in describe_protocol(config)
     config.eval.lr_decay_at = 0.25
     assert "lr ×0.1 at 0.25 of the epochs," in describe_protocol(config)
+
+
+# ---- a set that carries a learned student step size (MTT's α) ----
+
+
+def _learned_lr_config(**eval_values):
+    config = base_config()
+    config.update({"dataset": "digits", "ipc": 2, "method": "mtt"})
+    config.eval.update({"archs": "MLP", "epochs": 3, "num_nets": 2, "batch_size": 4, "baselines": "random"})
+    config.eval.update(eval_values)
+    return resolve_backend(config)
+
+
+def test_a_learned_step_size_trains_the_sets_students_as_eval_lr_would_and_leaves_the_baselines(
+    tiny_real, tmp_path
+):
+    from jaxdd import run_eval, synthetic
+
+    synset = synthetic.init_real(tiny_real, 2, jax.random.PRNGKey(1))
+
+    def evaluate(name, set_lr, **eval_values):
+        out = run_eval.evaluate_synset(
+            _learned_lr_config(**eval_values), tiny_real, synset, tmp_path / name, learned_lr=set_lr,
+            log=lambda _: None,
+        )  # fmt: skip
+        baselines = json.loads((tmp_path / name / "baselines.json").read_text())
+        return out["MLP"]["accs"], {row: cells["MLP"]["accs"] for row, cells in baselines.items()}
+
+    learned, learned_baselines = evaluate("learned", 0.3)
+    as_eval_lr, _ = evaluate("eval_lr", None, lr=0.3)
+    plain, plain_baselines = evaluate("plain", None)
+    switched_off, _ = evaluate("off", 0.3, learned_lr=False)
+    assert learned == as_eval_lr != plain  # the set's students: lr 0.3, exactly as eval.lr=0.3 trains them
+    assert learned_baselines == plain_baselines  # the random-real baseline keeps eval.lr
+    assert switched_off == plain  # eval.learned_lr=False: eval.lr for every set
+    assert "lr 0.3 (learned with the set; baselines 0.01)" in (tmp_path / "learned" / "table.md").read_text()
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.01, float("nan")])
+def test_a_learned_step_size_that_cannot_train_is_refused_naming_the_way_out(bad):
+    settings = eval_settings.settings_from_section(_learned_lr_config().eval, "digits")
+    with pytest.raises(UserError, match=r"learned student step size .* --config.eval.learned_lr=False"):
+        settings.set_protocol(bad)
+    assert settings.set_protocol(None) == settings.protocol
+    assert settings.set_protocol(0.2) == dataclasses.replace(settings.protocol, lr=0.2)

@@ -8,6 +8,7 @@ The tests build their configs from `jaxdd.config.base_config()` plus an `mtt` se
 into base_config and the method registry is patched in where a test needs it). Tiny sizes throughout.
 """
 
+import json
 import re
 from pathlib import Path
 
@@ -278,3 +279,19 @@ def test_the_recipe_rows_and_its_commands_validate():
     assert len(specs) == 3
     for spec in specs:
         jaxdd.config.validate(recipe.load_recipe(str(ROOT / spec)))
+
+
+def test_a_run_exports_the_learned_step_size_with_the_set(tmp_path):
+    from jaxdd import run as driver
+    from jaxdd import synthetic
+
+    config = _config(
+        tmp_path, num_experts=1, expert_train_epochs=2, expert_batch_size=16, expert_augment="none",
+        syn_steps=2, expert_epochs=1, max_start_epoch=1, batch_syn=2, lr_lr=1e-2,
+    )  # fmt: skip
+    config.update({"iterations": 2, "checkpoint_every": 2, "log_every": 1})  # on the 8×8 digits
+    driver.run(config, tmp_path / "run", log=lambda _: None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    final_lr = [r["syn_lr"] for r in records if "syn_lr" in r][-1]
+    _, extra = synthetic.load_npz(tmp_path / "run" / "synset.npz")
+    assert extra["meta"]["learned_lr"] == pytest.approx(final_lr, rel=1e-6) and final_lr != 0.01

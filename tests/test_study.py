@@ -228,3 +228,18 @@ def test_selection_seeds_must_be_fresh(tmp_path):
     study.select.seeds = "1,5"
     with pytest.raises(UserError, match=r"overlaps study\.seeds"):
         studies.run_study(study, tmp_path, log=lambda _: None)
+
+
+def test_a_variant_with_its_own_recipe_distils_with_that_method_and_says_so():
+    study = tiny_study()
+    dc_recipe = str(ROOT / "configs" / "dc.py") + ":dataset=digits,ipc=1"
+    study.variants["dc"] = {"recipe": dc_recipe, "iterations": 2}
+    configs = studies.validate_study(study)  # every cell validates, the `recipe` key is not a config key
+    dc, dm = configs[("dc", 0)], configs[("dm", 0)]
+    expected = load_recipe(dc_recipe)
+    assert (dc.method, dc.init, dc.iterations, dm.method) == ("dc", expected.init, 2, "dm")
+    assert dc.gm.to_dict() == expected.gm.to_dict() and dc.model == dm.model == "ConvNetW32"  # + overrides
+    assert studies.variant_overrides(study, "dc") == {"iterations": 2}
+    what, reasons = studies._other_variants(study, configs, dm)
+    assert what == ["dc: dc, 2 iterations"]
+    assert reasons == [f"dc 2 iterations (recipe {expected.iterations})"]

@@ -103,6 +103,8 @@ class Method:
       that a run cannot be extended or shortened on resume.
     teacher_archs(config) -> the architectures of the networks trained on the real data that the method
       itself uses (SRe2L's teacher); MetaDD's auxiliaries are listed by `jaxdd.metadd`.
+    learned_lr(state) -> the student step size the method learns with the set (MTT's α; a host float),
+      which evaluation trains with under `eval.learned_lr`; None for a method that learns none.
     """
 
     init: Callable[[ml_collections.ConfigDict, RealData, jax.Array], DistillState]
@@ -111,6 +113,7 @@ class Method:
     lr_keys: tuple[str, ...] = ()
     schedule_uses_iterations: bool = False
     teacher_archs: Callable[[ml_collections.ConfigDict], tuple] = lambda config: ()
+    learned_lr: Callable[[DistillState], float | None] = lambda state: None
 
 
 def sgd_pixel_optimizer(lr: float, momentum: float) -> optax.GradientTransformation:

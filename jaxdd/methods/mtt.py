@@ -452,4 +452,11 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
         )
 
 
-METHOD = Method(init=init, make_step=make_step, validate=validate, lr_keys=("mtt.lr_img",))
+def learned_lr(state: MTTState) -> float:
+    """α, the student step size learned with the set: the reference evaluates the set with it."""
+    return float(jax.device_get(state.syn_lr))
+
+
+METHOD = Method(
+    init=init, make_step=make_step, validate=validate, lr_keys=("mtt.lr_img",), learned_lr=learned_lr
+)
