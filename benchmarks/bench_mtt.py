@@ -54,7 +54,8 @@ def step_and_state(model, image_shape, num_classes: int, ipc: int, settings: mtt
 
 
 def measure(model, image_shape, num_classes: int, ipc: int, settings: mtt.Settings, repeats: int) -> dict:
-    """Compile time, XLA temporaries (MiB), best seconds of one iteration and images/s."""
+    """Compile time, XLA temporaries (MiB), best seconds of one iteration and images/s (`repeats` 0:
+    compiled only, no time: the memory is the compiled program's, so it needs no run)."""
     step, state = step_and_state(model, image_shape, num_classes, ipc, settings)
     start = time.perf_counter()
     compiled = jax.jit(step).lower(state).compile()
@@ -67,18 +68,18 @@ def measure(model, image_shape, num_classes: int, ipc: int, settings: mtt.Settin
         jax.block_until_ready((new_state.images, metrics["loss"]))
         times.append(time.perf_counter() - start)
     device = jax.devices()[0]
-    stats = device.memory_stats() if device.platform != "cpu" else None
-    seconds = min(times)
+    stats = device.memory_stats() if device.platform != "cpu" and times else None
+    seconds = min(times) if times else None
     return {
         "ipc": ipc,
         "syn_steps": settings.syn_steps,
         "remat": settings.remat,
         "compile_s": round(compile_s, 2),
-        "seconds": round(seconds, 4),
+        "seconds": round(seconds, 4) if times else None,
         "temp_mib": round(temp.temp_size_in_bytes / 2**20, 2) if temp is not None else None,
         "peak_mib": round(stats["peak_bytes_in_use"] / 2**20, 1) if stats else None,
-        "images_per_s": round(float(metrics["images"]) / seconds, 1),
-        "loss": float(metrics["loss"]),
+        "images_per_s": round(float(metrics["images"]) / seconds, 1) if times else None,
+        "loss": float(metrics["loss"]) if times else None,
     }
 
 
@@ -90,7 +91,8 @@ def main(argv=None) -> None:
     parser.add_argument("--shape", default="28,28,1")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--model", default="ConvNet")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs; 0: compile only (memory)")
+    parser.add_argument("--note", default="", help="a sentence for the results' notes (the machine's load)")
     add_output_arguments(parser, name="bench_mtt", quick_help="CI-sized: 8x8, 3 classes, N 2 and 4")
     args = parser.parse_args(argv)
     model_name = args.model
@@ -115,7 +117,7 @@ def main(argv=None) -> None:
                 row = measure(model, shape, args.classes, ipc, settings, args.repeats)
                 rows.append(row)
                 print(
-                    f"IPC {ipc} N {steps:>3} remat {remat:<4}: {row['seconds']:.3f} s/it, temp "
+                    f"IPC {ipc} N {steps:>3} remat {remat:<4}: {row['seconds']} s/it, temp "
                     f"{row['temp_mib']} MiB, compile {row['compile_s']} s",
                     flush=True,
                 )
@@ -126,9 +128,10 @@ def main(argv=None) -> None:
     notes = (
         f"One MTT outer iteration, {model_name} on {args.shape} images, {args.classes} classes, "
         "batch_syn = all synthetic images, DSA on, expert_epochs 2, one stand-in expert; "
-        f"best of {args.repeats} runs after compiling. temp: XLA's temporary buffers of the compiled "
+        + (f"best of {args.repeats} runs after compiling. " if args.repeats else "compiled only, not run. ")
+        + "temp: XLA's temporary buffers of the compiled "
         "program (memory_analysis), the part that grows with the unroll; temp_vs_shortest: against the "
-        "same IPC and remat at the first syn_steps."
+        "same IPC and remat at the first syn_steps." + (f" {args.note}" if args.note else "")
     )
     columns = ["ipc", "syn_steps", "remat", "seconds", "compile_s", "temp_mib", "temp_vs_shortest"]
     columns += ["peak_mib", "images_per_s"]

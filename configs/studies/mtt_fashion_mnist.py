@@ -10,23 +10,26 @@ variant starts from its own recipe (the study's `recipe` key in a variant):
   - dc: configs/dc.py, its whole 1000 iterations (the reference's);
   - dm: configs/dm.py, 200 iterations (reference 20,000: reduced, as in the MetaDD study);
   - mtt: configs/mtt.py with the CIFAR-10 IPC-1 row of the reference's table (no Fashion-MNIST row
-    exists; syn_steps 50, expert_epochs 2, max_start_epoch 2, lr_img 100, lr_lr 1e-7, α from 0.01),
-    1000 iterations (reference 5000), and a reduced expert buffer: 3 experts × 4 epochs (the reference:
-    100 experts × 50 epochs), trained once and cached (~/.cache/jaxdd/experts).
+    exists: expert_epochs 2, max_start_epoch 2, lr_img 100, lr_lr 1e-7, α from 0.01) but syn_steps 10
+    (the row's 50 costs ~45 s per iteration on 2 CPU cores: an unrolled student step with its
+    second-order backward takes ~0.8 s at IPC 1, benchmarks/results/bench_mtt.md), 200 iterations
+    (reference 5000), and a reduced expert buffer: 3 experts × 4 epochs (the reference: 100 experts × 50
+    epochs), trained once and cached (~/.cache/jaxdd/experts).
 Evaluation: 300 epochs without augmentation, 3 networks per (set, architecture), eval.lr 0.01 for every
 set (eval.learned_lr False: MTT's learned step size is not used here, so the three methods share one
 protocol; `--mode=evaluate --config.eval.learned_lr=True` on an mtt cell gives the reference's).
-Cost on 2 cores, estimated, not yet measured: the expert buffer ~30 min; 15 cells of ~15-20 min each
-(distillation: DC ~10 min, DM ~7 min, MTT to be measured; the evaluation ~8 min): about 5 hours,
-resumable across sessions (--config.cell, --config.shard split it into jobs).
+Cost on 2 cores, estimated from single measurements: the expert buffer ~30 min; 15 cells, each
+distillation plus an evaluation of ~8 min (DC ~10 min, DM ~7 min, MTT ~30 min at 8-10 s per
+iteration): about 5.5 hours, resumable across sessions (--config.cell, --config.shard split it into
+jobs).
 """
 
 import ml_collections
 
 from jaxdd.study import default_config
 
-MTT_FASHION_MNIST_IPC1 = {  # the reference's CIFAR-10 IPC-1 row, and the reduced buffer
-    "syn_steps": 50,
+MTT_FASHION_MNIST_IPC1 = {  # the reference's CIFAR-10 IPC-1 row, a shorter unroll and the reduced buffer
+    "syn_steps": 10,
     "expert_epochs": 2,
     "max_start_epoch": 2,
     "lr_img": 100.0,
@@ -50,7 +53,7 @@ def get_config():
         {
             "dc": {"recipe": "configs/dc.py:dataset=fashion_mnist,ipc=1"},
             "dm": {"recipe": "configs/dm.py:dataset=fashion_mnist,ipc=1", "iterations": 200},
-            "mtt": {"iterations": 1000, "mtt": MTT_FASHION_MNIST_IPC1},
+            "mtt": {"iterations": 200, "mtt": MTT_FASHION_MNIST_IPC1},
         }
     )
     study.reference = "dc"
