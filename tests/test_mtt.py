@@ -295,3 +295,24 @@ def test_a_run_exports_the_learned_step_size_with_the_set(tmp_path):
     final_lr = [r["syn_lr"] for r in records if "syn_lr" in r][-1]
     _, extra = synthetic.load_npz(tmp_path / "run" / "synset.npz")
     assert extra["meta"]["learned_lr"] == pytest.approx(final_lr, rel=1e-6) and final_lr != 0.01
+
+
+def test_a_pooled_mtt_run_matches_each_architectures_own_experts(tmp_path, tiny_real):
+    # the pool draws an architecture per iteration; MTT then matches that architecture's trajectories
+    config = _config(
+        tmp_path, num_experts=1, expert_train_epochs=2, expert_batch_size=16, expert_augment="none",
+        syn_steps=2, expert_epochs=1, max_start_epoch=1, batch_syn=2,
+    )  # fmt: skip
+    config.dataset = "blobs"
+    config.pool.update({"preset": "custom", "custom": "main:0.5,MLP:0.5"})
+    lines = []
+    step = mtt.make_step(config, tiny_real, log=lines.append)
+    state, drawn = mtt.init(config, tiny_real, jax.random.PRNGKey(0)), set()
+    for _ in range(8):
+        state, metrics = step(state, tiny_real)
+        assert np.isfinite(float(metrics["loss"]))
+        drawn.add(int(metrics["pool_arch"]))
+    assert drawn == {0, 1} and int(state.step) == 8
+    trained = [line for line in lines if line.startswith("Training expert")]
+    assert len(trained) == 2 and any("MLP" in line for line in trained)  # one buffer per architecture, once
+    assert len(list((tmp_path / "experts" / "blobs").iterdir())) == 2
