@@ -194,20 +194,24 @@ def validate_study(study: ml_collections.ConfigDict) -> dict[tuple[str, int], ml
             except UserError as error:
                 raise UserError(f"study cell {cell_name(variant, seed)}: {error}") from None
             configs[(variant, seed)] = config
-    _select(study, list(configs))  # a bad cell / shard is named before any work
+    grid = list(selection.grid_configs(study)) if study.select.variant else []
+    _select(study, list(configs), grid)  # a bad cell / shard is named before any work
     if study.select.variant:
         selection.validate(study, variants)
     return configs
 
 
-def _select(study, cells: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """The cells this process computes: all, the one `study.cell` names, or shard i of n."""
+def _select(study, cells: list[tuple[str, int]], others: list[tuple[str, int]] = ()) -> list[tuple[str, int]]:
+    """The cells of `cells` this process computes: all, the one `study.cell` names, or shard i of n.
+    `others`: the study's other cells (the selection grid's, or the study's beside the grid): a
+    `study.cell` among them selects none of `cells`."""
     if study.cell:
         chosen = [c for c in cells if cell_name(*c) == study.cell]
+        every = [*cells, *others]
         require(
-            chosen,
+            chosen or any(cell_name(*c) == study.cell for c in others),
             f"study.cell={study.cell!r} is not a cell; cells are VARIANT/SEED, e.g. "
-            f"{cell_name(*cells[0])} (all: {', '.join(cell_name(*c) for c in cells)}).",
+            f"{cell_name(*every[0])} (all: {', '.join(cell_name(*c) for c in every)}).",
         )
         return chosen
     if study.shard:
@@ -252,7 +256,7 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, *, log: Cal
     chosen = None
     if study.select.variant:
         grid = selection.grid_configs(study)
-        grid_todo = _select(study, list(grid)) if not study.report_only else []
+        grid_todo = _select(study, list(grid), list(configs)) if not study.report_only else []
         run_cells(
             study, grid, grid_todo, lambda g, s: selection.grid_dir(workdir, g, s), log=log, what="grid"
         )
@@ -263,7 +267,8 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, *, log: Cal
             for (v, s), config in configs.items()
             if v not in takers or chosen is not None
         }
-    todo = _select(study, list(configs)) if not study.report_only else []
+    grid_cells = list(grid) if study.select.variant else []
+    todo = _select(study, list(configs), grid_cells) if not study.report_only else []
     run_cells(study, configs, todo, lambda v, s: cell_dir(workdir, v, s), log=log, what="cell")
     return report(study, configs, workdir, selection=chosen, log=log)
 

@@ -243,3 +243,27 @@ def test_a_variant_with_its_own_recipe_distils_with_that_method_and_says_so():
     what, reasons = studies._other_variants(study, configs, dm)
     assert what == ["dc: dc, 2 iterations"]
     assert reasons == [f"dc 2 iterations (recipe {expected.iterations})"]
+
+
+def test_one_named_cell_of_a_study_with_a_selection_runs_alone(tmp_path):
+    # the reference variant waits for no choice: its cell runs without the grid, a grid cell without
+    # the study's cells, and a name that is neither is refused naming both lists
+    study = tiny_study(seeds="0", cell="dm/0")
+    study.select.variant = "dm+pool"
+    study.select.grid = ml_collections.ConfigDict(
+        {
+            "mlp25": {"pool": {"custom": "main:0.75,MLP:0.25"}},
+            "mlp50": {"pool": {"custom": "main:0.5,MLP:0.5"}},
+        }
+    )
+    study.select.seeds, study.select.val_per_class = "7", 20
+    studies.run_study(study, tmp_path, log=lambda _: None)
+    assert (studies.cell_dir(tmp_path, "dm", 0) / "eval.json").is_file()
+    assert not (tmp_path / "select").exists() and not studies.cell_dir(tmp_path, "dm+pool", 0).exists()
+    study.cell = "mlp25/7"
+    studies.run_study(study, tmp_path, log=lambda _: None)
+    assert (tmp_path / "select" / "cells" / "mlp25" / "seed7" / "eval.json").is_file()
+    assert not (tmp_path / "select" / "cells" / "mlp50").exists()
+    study.cell = "dm/9"
+    with pytest.raises(UserError, match=r"study.cell='dm/9' is not a cell.*mlp25/7"):
+        studies.validate_study(study)
