@@ -26,7 +26,7 @@ import optax
 from jaxdd import evaluation, losses, training
 from jaxdd.data.real import RealData
 from jaxdd.errors import require_int, require_non_negative, require_positive
-from jaxdd.resized_crop import random_resized_crop_flip
+from jaxdd.resized_crop import MIN_SCALE, random_resized_crop_flip
 from jaxdd.settings import derived
 
 COLUMN_SUFFIX = "+soft"
@@ -55,7 +55,7 @@ class RelabelProtocol:
     lr: float = 1e-3
     weight_decay: float = 0.01
     temperature: float = 20.0
-    min_crop_scale: float = derived(0.08)
+    min_crop_scale: float = derived(MIN_SCALE)
     test_batch_size: int = derived(500)
 
     def __post_init__(self):

@@ -53,8 +53,11 @@ def crop_matrices(key: jax.Array, num: int, height: int, width: int, *, min_scal
     return rows, jnp.where(flip[:, None, None], columns[:, ::-1], columns)
 
 
+MIN_SCALE = 0.08  # torchvision's RandomResizedCrop default, which SRe2L's recover and relabel use
+
+
 @functools.partial(jax.jit, static_argnames="min_scale")
-def random_resized_crop_flip(images: jax.Array, key: jax.Array, *, min_scale: float = 0.08) -> jax.Array:
+def random_resized_crop_flip(images: jax.Array, key: jax.Array, *, min_scale: float = MIN_SCALE) -> jax.Array:
     """One random resized crop + flip view per image of images [N, H, W, C] -> [N, H, W, C]."""
     n, h, w, _ = images.shape
     rows, columns = crop_matrices(key, n, h, w, min_scale=min_scale)

@@ -47,7 +47,7 @@ from jaxdd.errors import (
 )
 from jaxdd.methods.base import NO_HOOKS, DistillState, Hooks, Method, bind_step, init_state, pixel_step
 from jaxdd.models import MODELS, conv, uses_batch_norm
-from jaxdd.resized_crop import random_resized_crop_flip
+from jaxdd.resized_crop import MIN_SCALE, random_resized_crop_flip
 from jaxdd.settings import derived, from_section, section_config
 
 __all__ = [
@@ -89,7 +89,7 @@ class Settings:
     beta1: float = 0.5
     beta2: float = 0.9
     r_bn: float = 0.01
-    min_crop_scale: float = 0.08
+    min_crop_scale: float = MIN_SCALE
     batch_ipc: int = 0
     iterations: int = derived(0)
     devices: int = derived(1)
