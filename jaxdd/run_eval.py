@@ -290,8 +290,9 @@ def evaluate_existing(
     info = data.dataset_info(config.dataset)
     # checked against the dataset (shape, labels, classes, finiteness) before any data load or compile
     synset, extra = synthetic.load_npz(synset_path or workdir / "synset.npz", info=info, ipc=config.ipc)
+    learned_lr = extra["meta"].get("learned_lr")
+    eval_settings.settings_from_section(config.eval, config.dataset).set_protocol(learned_lr)  # its check
     workdir = run_folder.prepare(workdir)  # writable, before the evaluation that writes its results
     with run_folder.locked(workdir) if distributed.is_main_process() else contextlib.nullcontext():
         real = load_real(config, log)
-        learned_lr = extra["meta"].get("learned_lr")
         return evaluate_synset(config, real, synset, workdir, learned_lr=learned_lr, log=log)

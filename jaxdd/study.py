@@ -254,8 +254,8 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, *, log: Cal
     configs = validate_study(study)
     workdir = Path(workdir)
     chosen = None
+    grid = selection.grid_configs(study) if study.select.variant else {}
     if study.select.variant:
-        grid = selection.grid_configs(study)
         grid_todo = _select(study, list(grid), list(configs)) if not study.report_only else []
         run_cells(
             study, grid, grid_todo, lambda g, s: selection.grid_dir(workdir, g, s), log=log, what="grid"
@@ -267,8 +267,7 @@ def run_study(study: ml_collections.ConfigDict, workdir: str | Path, *, log: Cal
             for (v, s), config in configs.items()
             if v not in takers or chosen is not None
         }
-    grid_cells = list(grid) if study.select.variant else []
-    todo = _select(study, list(configs), grid_cells) if not study.report_only else []
+    todo = _select(study, list(configs), list(grid)) if not study.report_only else []
     run_cells(study, configs, todo, lambda v, s: cell_dir(workdir, v, s), log=log, what="cell")
     return report(study, configs, workdir, selection=chosen, log=log)
 

@@ -251,3 +251,18 @@ def test_a_learned_step_size_that_cannot_train_is_refused_naming_the_way_out(bad
         settings.set_protocol(bad)
     assert settings.set_protocol(None) == settings.protocol
     assert settings.set_protocol(0.2) == dataclasses.replace(settings.protocol, lr=0.2)
+
+
+def test_a_saved_set_whose_learned_step_size_cannot_train_is_refused_before_the_data_loads(
+    tiny_real, tmp_path, monkeypatch
+):
+    from jaxdd import run_eval, synthetic
+
+    synset = synthetic.init_real(tiny_real, 2, jax.random.PRNGKey(1))
+    path = tmp_path / "synset.npz"
+    synthetic.save_npz(path, synset, mean=(0.5,), std=(0.25,), meta={"learned_lr": -0.1})
+    monkeypatch.setattr(synthetic, "check_arrays", lambda *args, **kwargs: None)  # blobs, not digits
+    monkeypatch.setattr(synthetic, "_check_normalisation", lambda *args: None)
+    monkeypatch.setattr(run_eval, "load_real", lambda *args: pytest.fail("the data was loaded"))
+    with pytest.raises(UserError, match=r"learned student step size is -0.1"):
+        run_eval.evaluate_existing(_learned_lr_config(), tmp_path, synset_path=path)
