@@ -20,9 +20,10 @@ The IPC picks the table row, so give it in the argument (`:dataset=cifar10,ipc=5
 
 The set's students train with the learned step size α, as the reference evaluates (synset.npz's meta
 'learned_lr'; the baselines keep eval.lr; --config.eval.learned_lr=False trains them with eval.lr too,
-e.g. to compare with DC and DM under one protocol). A difference from the reference that the numbers
-depend on: jaxdd has no ZCA whitening (the rows marked ZCA were tuned with it; they run on
-mean/std-normalised images here).
+e.g. to compare with DC and DM under one protocol). The rows the reference ran with ZCA whitening turn
+it on (`zca.enabled`: kornia's ZCA with ε 0.1 on pixels in [0, 1] in place of mean/std, fitted on the
+training images, jaxdd.data.zca); their experts are trained and cached on the whitened images too.
+--config.zca.enabled=False runs such a row on mean/std-normalised images instead.
 """
 
 from jaxdd.config_lists import split_names
@@ -58,8 +59,9 @@ DATASETS = {
     "digits": (DIGITS, "none: jaxdd's offline smoke-test set"),
 }
 # (dataset, IPC): (syn_steps, expert_epochs, max_start_epoch, lr_img, lr_lr, syn_lr_init, batch_syn
-# (0: all), the reference ran it with ZCA). The reference README's hyperparameter table (an image in
-# GeorgeCazenavette/mtt-distillation's readme.md, line 95), as transcribed in its reproduction commands.
+# (0: all), the reference ran it with ZCA: zca.enabled). The reference README's hyperparameter table (an
+# image in GeorgeCazenavette/mtt-distillation's readme.md, line 95), as transcribed in its reproduction
+# commands.
 COLUMNS = ("syn_steps", "expert_epochs", "max_start_epoch", "lr_img", "lr_lr", "syn_lr_init", "batch_syn")
 TABLE = {
     ("cifar10", 1): (50, 2, 2, 100.0, 1e-7, 0.01, 0, True),
@@ -75,9 +77,14 @@ TABLE = {
 
 
 def row_settings(dataset: str, ipc: int) -> dict:
-    """{'mtt.KEY': value} of the table row of (dataset, ipc); {} without a row."""
+    """{'mtt.KEY': value, 'zca.enabled': whether the reference whitened} of the table row of (dataset,
+    ipc); {} without a row."""
     row = TABLE.get((dataset, ipc))
-    return {} if row is None else {f"mtt.{key}": value for key, value in zip(COLUMNS, row[:-1], strict=True)}
+    if row is None:
+        return {}
+    *values, whitened = row
+    settings = {f"mtt.{key}": value for key, value in zip(COLUMNS, values, strict=True)}
+    return {**settings, "zca.enabled": whitened}
 
 
 def _named(arg: str, key: str, default):

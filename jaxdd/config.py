@@ -27,6 +27,7 @@ from jaxdd import (
     teachers,
 )
 from jaxdd.config_lists import split_ints, split_names
+from jaxdd.data import zca
 from jaxdd.errors import UserError, is_finite_number, is_int, require, require_int, require_positive
 from jaxdd.methods import distribution_matching, gradient_matching, mtt, sre2l
 from jaxdd.models import conv
@@ -49,6 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
     # A validation split: `per_class` training images of every class, drawn with `seed`, held out of the
     # data the method distils from (and its teachers train on); 0 = none.
     config.holdout = ml_collections.ConfigDict({"per_class": 0, "seed": 0})
+    # ZCA whitening of the real images (fitted on the training data after the hold-out) in place of the
+    # mean/std normalisation: the MTT reference's preprocessing of CIFAR (jaxdd.data.zca)
+    config.zca = zca.default_config()
     # devices the classes (matching; 0 = as many as divide the classes) and the evaluation networks (0 =
     # all) are sharded over
     config.devices = 0
@@ -343,6 +347,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if "distributed" in config:
         distributed.validate(config.distributed)
     conv.options_from_config(config)
+    zca.validate(config, info)
     models.check_input_shape(config.model, info.image_shape, info.num_classes)
     pool.validate(config, info)
     eval_settings.validate(config.eval, info)

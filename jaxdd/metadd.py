@@ -32,7 +32,8 @@ from flax import struct
 from jaxdd import cam, config_lists, teachers
 from jaxdd import metadd_gradient as gradient
 from jaxdd import metadd_terms as terms
-from jaxdd.data.real import RealData, split_name
+from jaxdd.data import zca
+from jaxdd.data.real import RealData
 from jaxdd.errors import (
     UserError,
     is_finite_number,
@@ -254,5 +255,5 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
             raise UserError(message) from None
         teachers.require_cached_or_trainable(
             teacher_options, info, arch, flag="--config.teachers.train",
-            split=split_name(config.holdout.per_class, config.holdout.seed),
+            split=zca.training_split(config),
         )  # fmt: skip

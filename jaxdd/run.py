@@ -31,6 +31,7 @@ from jaxdd import (
     teachers,
 )
 from jaxdd.config import default_values, prepare, read_saved, split_ints
+from jaxdd.data import zca
 from jaxdd.data.real import RealData
 from jaxdd.errors import UserError
 from jaxdd.export import NCHW_FILE, save_nchw
@@ -305,10 +306,13 @@ def export(
 ) -> None:
     """Writes synset.npz, its PyTorch layout synset_nchw.npz (`jaxdd.export`), synset.png and, when
     metrics exist, the loss curve loss.png. `learned_lr` (the student step size the method learned with
-    the set) goes into both files' meta as 'learned_lr'."""
+    the set) goes into both files' meta as 'learned_lr'; whitened images (`real.whitening`) are saved as
+    they are, with meta 'zca_eps', and pictured un-whitened."""
     meta = {"dataset": config.dataset, "ipc": config.ipc, "method": config.method, "seed": config.seed}
     if learned_lr is not None:
         meta["learned_lr"] = learned_lr
+    if real.whitening is not None:
+        meta["zca_eps"] = real.whitening.eps
     synthetic.save_npz(workdir / "synset.npz", synset, mean=real.mean, std=real.std, meta=meta)
     save_nchw(
         workdir / NCHW_FILE,
@@ -320,9 +324,10 @@ def export(
         meta=meta,
     )
     title = f"{config.method} on {config.dataset}, IPC {config.ipc}, seed {config.seed}"
-    picture = reporting.synset_picture(
-        synset.images, class_names=real.class_names, mean=real.mean, std=real.std, title=title
-    )
+    shown, mean, std = synset.images, real.mean, real.std
+    if real.whitening is not None:  # back to pixels in [0, 1] to look at, as the reference shows them
+        shown, mean, std = zca.unwhiten(real.whitening, shown), (0.0,) * len(mean), (1.0,) * len(std)
+    picture = reporting.synset_picture(shown, class_names=real.class_names, mean=mean, std=std, title=title)
     reporting.save_png(workdir / "synset.png", picture)
     curve = reporting.save_loss_curve(workdir / "metrics.jsonl", workdir / "loss.png")
     extra = ", loss.png" if curve else ""

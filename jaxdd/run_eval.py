@@ -29,6 +29,8 @@ from jaxdd import (
     synthetic,
 )
 from jaxdd.config import prepare
+from jaxdd.data import zca
+from jaxdd.errors import UserError
 from jaxdd.methods import sre2l
 from jaxdd.models import conv
 from jaxdd.seeding import purpose_key
@@ -171,12 +173,18 @@ def _plain(run: _Run, name: str, images, labels, *, protocol=None, step=None) ->
     return summaries
 
 
+def _zca_tag(config) -> dict:
+    """The whitening's part of a cache tag: nothing when off, so the tags of earlier runs still match."""
+    settings = zca.settings_from_config(config)
+    return {"zca_eps": settings.eps} if settings.enabled else {}
+
+
 def _cache_tag(kind: str, images, labels, config, protocol) -> dict:
     """What an architecture's accuracies depend on besides the architecture and its networks' key."""
     return {
         "kind": kind,
         "set": eval_cache.set_digest(images, labels),
-        "split": {"eval": config.eval.split, "holdout": config.holdout.to_dict()},
+        "split": {"eval": config.eval.split, "holdout": config.holdout.to_dict(), **_zca_tag(config)},
         "protocol": dataclasses.asdict(protocol),
         "num_nets": config.eval.num_nets,
         "test": {"dataset": config.dataset, "test_size": config.eval.get("test_size", 0)},
@@ -266,6 +274,7 @@ def load_real(config: ml_collections.ConfigDict, log: Callable[[str], None]) -> 
         real, val_images, val_labels = data.hold_out(real, config.holdout.per_class, config.holdout.seed)
         if config.eval.split == "validation":  # the test set is never looked at
             real = real.replace(test_images=val_images, test_labels=val_labels)
+    real = zca.whiten_real(real, zca.settings_from_config(config))  # fitted on the training images only
     if config.eval.get("test_size", 0):
         real = data.test_subset(real, config.eval.test_size)
     log(
@@ -274,6 +283,27 @@ def load_real(config: ml_collections.ConfigDict, log: Callable[[str], None]) -> 
         f"{time.perf_counter() - start:.1f} s"
     )
     return real
+
+
+def _describe_preprocessing(eps: float | None) -> str:
+    return "mean/std-normalised" if eps is None else f"ZCA-whitened (eps {eps:g})"
+
+
+def _check_whitening(meta: dict, settings: zca.ZCASettings, path) -> None:
+    """UserError unless the saved set's images and the config's real images are preprocessed alike (a
+    whitened set trains on whitened data; meta 'zca_eps', absent for mean/std images)."""
+    saved = meta.get("zca_eps")
+    wanted = settings.eps if settings.enabled else None
+    if saved == wanted:
+        return
+    if saved is None:
+        fix = "--config.zca.enabled=False"
+    else:
+        fix = f"--config.zca.enabled=True --config.zca.eps={saved:g}"
+    raise UserError(
+        f"{path} holds {_describe_preprocessing(saved)} images but the config's real images are "
+        f"{_describe_preprocessing(wanted)}: evaluate it with {fix}."
+    )
 
 
 def evaluate_existing(
@@ -292,6 +322,7 @@ def evaluate_existing(
     synset, extra = synthetic.load_npz(synset_path or workdir / "synset.npz", info=info, ipc=config.ipc)
     learned_lr = extra["meta"].get("learned_lr")
     eval_settings.settings_from_section(config.eval, config.dataset).set_protocol(learned_lr)  # its check
+    _check_whitening(extra["meta"], zca.settings_from_config(config), synset_path or workdir / "synset.npz")
     workdir = run_folder.prepare(workdir)  # writable, before the evaluation that writes its results
     with run_folder.locked(workdir) if distributed.is_main_process() else contextlib.nullcontext():
         real = load_real(config, log)

@@ -330,7 +330,7 @@ def load_or_train_teacher(
             log(f"Loaded teacher {name} from {folder} (test accuracy {100 * accuracy:.1f}%; {how})")
             return Teacher(model, variables, accuracy, meta)
     if not options.train:
-        require_cached_or_trainable(options, real, arch, flag="--config.teachers.train")
+        require_cached_or_trainable(options, real, arch, flag="--config.teachers.train", split=real.split)
     protocol = options.protocol
     log(f"Training teacher {name} on {real.name} ({describe_key(key)}) ...")
     train_key = purpose_key(options.seed, "teacher")

@@ -272,6 +272,9 @@ def test_the_recipe_rows_and_its_commands_validate():
     config = recipe.load_recipe(str(ROOT / "configs/mtt.py:dataset=cifar10,ipc=50"))
     assert (config.ipc, config.method, config.iterations) == (50, "mtt", 5000)
     assert (config.mtt.syn_steps, config.mtt.max_start_epoch, config.mtt.syn_lr_init) == (30, 40, 0.001)
+    assert not config.zca.enabled  # the reference's table: IPC 50 without ZCA, IPC 1 and 10 with it
+    whitened = recipe.load_recipe(str(ROOT / "configs/mtt.py:dataset=cifar10,ipc=10"))
+    assert whitened.zca.enabled and whitened.zca.eps == 0.1
     tiny = recipe.load_recipe(str(ROOT / "configs/mtt.py:dataset=tiny_imagenet,ipc=50,mtt.syn_steps=5"))
     assert (tiny.model, tiny.mtt.batch_syn, tiny.mtt.syn_steps) == ("ConvNetD4", 300, 5)  # argument wins
     text = (ROOT / "configs" / "mtt.py").read_text()

@@ -7,12 +7,17 @@ class_count[c]` of `train_images`. Drawing a class batch is a pure function of a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
 from jaxdd.errors import UserError
+
+if TYPE_CHECKING:
+    from jaxdd.data.zca import Whitening
 
 
 @struct.dataclass
@@ -27,10 +32,13 @@ class RealData:
       test_images: [M, H, W, C] float32, normalised the same way.
       test_labels: [M] int32.
       name: registry name of the dataset.
-      mean, std: per-channel normalisation constants (pixel values in [0, 1] before it).
+      mean, std: per-channel normalisation constants (pixel values in [0, 1] before it; 0 and 1 when
+        the images are ZCA-whitened instead).
       class_names: one name per class.
-      split: which part of the dataset's training split `train_images` is ('train': all of it; see
-        `hold_out`); teachers are cached per split.
+      split: which part of the dataset's training split `train_images` is and how it is preprocessed
+        ('train': all of it, normalised; see `hold_out` and `zca.whiten_real`); teachers, experts and
+        evaluation caches key on it.
+      whitening: the ZCA transform the images went through (`jaxdd.data.zca`); None: mean/std only.
     """
 
     train_images: jax.Array
@@ -45,6 +53,7 @@ class RealData:
     class_names: tuple[str, ...] = struct.field(pytree_node=False)
     max_class_count: int = struct.field(pytree_node=False)
     split: str = struct.field(pytree_node=False, default="train")
+    whitening: Whitening | None = None
 
     @property
     def num_classes(self) -> int:

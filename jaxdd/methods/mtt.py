@@ -47,7 +47,8 @@ import optax
 from flax import struct
 
 from jaxdd import augment, experts, pool, training
-from jaxdd.data.real import RealData, split_name
+from jaxdd.data import zca
+from jaxdd.data.real import RealData
 from jaxdd.errors import (
     UserError,
     require,
@@ -445,7 +446,7 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
         raise UserError("method='mtt' needs the config.mtt section: start from jaxdd.config.base_config().")
     settings = settings_from_config(config, num_images=_num_images(config, info.num_classes))
     options = expert_options(settings, config)
-    split = split_name(config.holdout.per_class, config.holdout.seed)
+    split = zca.training_split(config)
     for arch in archs(config):
         experts.require_available(
             options, info, arch, settings.num_experts, flag="--config.mtt.train_experts", split=split

@@ -36,7 +36,8 @@ import ml_collections
 import optax
 
 from jaxdd import evaluation, relabel, sharding, teachers, training
-from jaxdd.data.real import RealData, split_name
+from jaxdd.data import zca
+from jaxdd.data.real import RealData
 from jaxdd.errors import (
     UserError,
     is_int,
@@ -331,6 +332,11 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
             f"BatchNorm: choose a BatchNorm teacher with --config.model, one of {bn_models}."
         )
     require(
+        not zca.settings_from_config(config).enabled,
+        "zca.enabled=True with method='sre2l': SRe2L clips its images to the pixel box [0, 1] and relabels "
+        "random crops of them, which whitened images have no counterpart of; set --config.zca.enabled=False.",
+    )
+    require(
         not config.get("pool") or not config.pool.preset,
         f"pool.preset={config.pool.preset if config.get('pool') else ''!r}: SRe2L recovers from one "
         "teacher, not a model pool; set --config.pool.preset=''.",
@@ -348,7 +354,7 @@ def validate(config: ml_collections.ConfigDict, info) -> None:
         info,
         config.model,
         flag="--config.teachers.train",
-        split=split_name(config.holdout.per_class, config.holdout.seed),
+        split=zca.training_split(config),
     )
 
 
