@@ -318,11 +318,12 @@ def evaluate_existing(
     prepare(config)
     workdir = Path(workdir)
     info = data.dataset_info(config.dataset)
+    synset_path = Path(synset_path) if synset_path else workdir / "synset.npz"
     # checked against the dataset (shape, labels, classes, finiteness) before any data load or compile
-    synset, extra = synthetic.load_npz(synset_path or workdir / "synset.npz", info=info, ipc=config.ipc)
+    synset, extra = synthetic.load_npz(synset_path, info=info, ipc=config.ipc)
     learned_lr = extra["meta"].get("learned_lr")
     eval_settings.settings_from_section(config.eval, config.dataset).set_protocol(learned_lr)  # its check
-    _check_whitening(extra["meta"], zca.settings_from_config(config), synset_path or workdir / "synset.npz")
+    _check_whitening(extra["meta"], zca.settings_from_config(config), synset_path)
     workdir = run_folder.prepare(workdir)  # writable, before the evaluation that writes its results
     with run_folder.locked(workdir) if distributed.is_main_process() else contextlib.nullcontext():
         real = load_real(config, log)

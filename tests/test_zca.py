@@ -80,7 +80,11 @@ def test_whiten_real_fits_on_the_training_images_only(tiny_real):
     np.testing.assert_array_equal(other_test.train_images, whitened.train_images)
     # after a hold-out, the held-out images do not shape the transform and the split names both
     rest, _, _ = hold_out(tiny_real, 2, 0)
-    assert zca.whiten_real(rest, settings).split == "train-minus-val2-seed0+zca0.1"
+    whitened_rest = zca.whiten_real(rest, settings)
+    assert whitened_rest.split == "train-minus-val2-seed0+zca0.1"
+    rest_pixels = np.asarray(rest.train_images) * 0.25 + 0.5
+    assert len(rest_pixels) < len(pixels)
+    np.testing.assert_allclose(whitened_rest.whitening.matrix, _reference_matrix(rest_pixels, 0.1), atol=2e-3)
     assert zca.whiten_real(tiny_real, zca.ZCASettings()) is tiny_real  # off: untouched
 
 

@@ -26,7 +26,7 @@ from jaxdd.settings import from_section, section_config
 
 DEFAULT_EPS = 0.1  # the reference's kornia.enhance.ZCAWhitening(eps=0.1)
 # D above this makes W and W⁻¹ (2·D² float32) and the D×D eigendecomposition too big to be a default
-# preprocessing step: Tiny ImageNet's 64×64×3 (D 12,288: 1.2 GB) is refused; the reference never whitens it.
+# preprocessing step: Tiny ImageNet's 64×64×3 (D 12,288: 1.1 GiB) is refused; the reference never whitens it.
 MAX_DIMENSION = 4096
 
 
