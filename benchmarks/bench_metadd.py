@@ -2,7 +2,8 @@
 
   python -m benchmarks.bench_metadd [--method dc|dm] [--archs ConvNet,AlexNet,VGG11,ResNet18]
                                     [--balance fixed,ratio] [--terms both,var,ai] [--images-per-step 0,5]
-                                    [--batch-real N] [--repeats 3] [--hook] [--note TEXT] [--quick]
+                                    [--image-chunk 0,1] [--batch-real N] [--repeats 3] [--hook]
+                                    [--note TEXT] [--suffix NAME] [--quick]
 
 Fashion-MNIST shapes (28x28x1, 10 classes), random arrays standing in for the real set, IPC 1, the
 reference ConvNet as the distillation network. --method dc (default): DC's reference iteration (outer 1,
@@ -10,7 +11,9 @@ inner 1, init noise, batch_real 64 unless told). --method dm: DM's iteration as 
 Fashion-MNIST (init real, siamese DSA, batch_real 256 unless told) and as issue 16's study
 configs/studies/metadd_dm_fashion_mnist.py regularises it. Each method's step is the library's own
 (`make_step`'s `outer_step`, model and `Settings`), MetaDD's auxiliaries passed in `Hooks` as
-`methods.base.bind_step` does. MetaDD variants: every --balance × --terms × --images-per-step; terms 'both'
+`methods.base.bind_step` does. MetaDD variants: every --balance × --terms × --images-per-step ×
+--image-chunk (`metadd.image_chunk`: the regularizer's gradient computed that many images at a time, 0 =
+all at once); terms 'both'
 (L_var and L_ai), 'var' (L_ai's weight 0) or 'ai' (L_var's weight 0), weights 1 ('fixed': λ) or 0.1
 ('ratio': the fraction of the base gradient's norm; `metadd.Options`' defaults). Auxiliary networks are
 randomly initialised, not trained: speed and memory do not depend on their weights.
@@ -27,7 +30,7 @@ and temporary memory (where the extra cost lies).
 --note: a sentence added to the results' notes. --quick: two auxiliary networks (ConvNet, AlexNet),
 batch_real 8, 16 real images per class, one repeat, images_per_step 0 and 5, results under the `_quick`
 name.
-Results: benchmarks/results/bench_metadd[_dm][_quick].{json,md} (DC's name unchanged).
+Results: benchmarks/results/bench_metadd[_dm][_SUFFIX][_quick].{json,md} (DC's name unchanged).
 """
 
 from __future__ import annotations
@@ -155,6 +158,8 @@ def main(argv=None) -> None:
     parser.add_argument("--balance", default="fixed", help="comma-separated: fixed, ratio")
     parser.add_argument("--terms", default="both", help="comma-separated: both, var (L_var only), ai")
     parser.add_argument("--images-per-step", default="0", help="comma-separated; 0 = all synthetic images")
+    parser.add_argument("--image-chunk", default="0", help="comma-separated metadd.image_chunk; 0 = all")
+    parser.add_argument("--suffix", default="", help="added to the results' name, e.g. 'chunk'")
     parser.add_argument("--batch-real", type=int, default=0, help="0 = the method's (dc 64, dm 256)")
     parser.add_argument("--per-class", type=int, default=256, help="random real images per class")
     parser.add_argument("--repeats", type=int, default=3)
@@ -182,11 +187,12 @@ def main(argv=None) -> None:
     base = Variant(method, config, real, None, "off", balance="", terms="")
     variants = []
     for count in (int(c) for c in _split(args.images_per_step)):
-        for balance in balances:
-            for terms in term_sets:
-                aux = _auxiliaries(archs, count, **_options(balance, terms))
-                label = f"on (images_per_step={count})"
-                variants.append(Variant(method, config, real, aux, label, balance=balance, terms=terms))
+        for chunk in (int(c) for c in _split(args.image_chunk)):
+            for balance in balances:
+                for terms in term_sets:
+                    aux = _auxiliaries(archs, count, **_options(balance, terms), image_chunk=chunk)
+                    label = f"on (images_per_step={count}, image_chunk={chunk})"
+                    variants.append(Variant(method, config, real, aux, label, balance=balance, terms=terms))
     pairs: dict[int, list[tuple[float, float]]] = {id(v): [] for v in variants}
     for _ in range(args.repeats):
         for variant in variants:  # off, on, off, on, ...: each on run next to a base run
@@ -214,9 +220,8 @@ def main(argv=None) -> None:
             }
         )
         print(rows[-1], flush=True)
-    name = (
-        "bench_metadd" + ("" if args.method == "dc" else f"_{args.method}") + ("_quick" if args.quick else "")
-    )
+    name = "bench_metadd" + ("" if args.method == "dc" else f"_{args.method}")
+    name += (f"_{args.suffix}" if args.suffix else "") + ("_quick" if args.quick else "")
     if args.method == "dc":
         what = "DC (outer 1, inner 1, init noise)"
     else:

@@ -70,6 +70,8 @@ class Options:
         is piecewise linear: exact there, `cam.probe_linear_head`) | 'full'.
       min_aux_accuracy: an auxiliary whose test accuracy is below this fraction of the best auxiliary's
         is named weak in the log.
+      image_chunk: the regularizer's gradient computed this many images at a time (the largest divisor
+        of the image count not above it; the same gradient, a chunk's memory); 0 = all at once.
     """
 
     lambda_var: float = 1.0
@@ -86,6 +88,7 @@ class Options:
     kl_target: str = "mean"
     weight_gradient: str = "auto"
     min_aux_accuracy: float = 0.8
+    image_chunk: int = 0
 
     def __post_init__(self):
         choices = {"balance": BALANCES, "normalisation": cam.NORMALISATIONS, "cam_term": CAM_TERMS}
@@ -98,7 +101,9 @@ class Options:
         keys = "metadd.lambda_var, lambda_ai" if self.balance == "fixed" else "metadd.var_ratio, ai_ratio"
         require(any(self.weights), f"metadd.enabled but both weights ({keys}) are 0: set one > 0.")
         require_positive("metadd.cam_epsilon", self.cam_epsilon, note="default 1e-6")
-        for name, meaning in (("images_per_step", "0: every image"), ("min_map_size", "0: the last map")):
+        integers = {"images_per_step": "0: every image", "min_map_size": "0: the last map"}
+        integers["image_chunk"] = "0: all images at once"
+        for name, meaning in integers.items():
             require_int(f"metadd.{name}", getattr(self, name), minimum=0, note=meaning)
         bound = float("inf") if self.normalisation == "softmax" else 1.0  # the other maps lie in [0, 1]
         t = self.cam_threshold

@@ -88,22 +88,63 @@ def term_values(
     return (cam_value, agreement), {"meta_fraction": meta, "hetero_fraction": hetero}
 
 
+def term_gradients(
+    aux: Auxiliaries, images: jax.Array, labels: jax.Array, backbone: Backbone | None = None
+) -> tuple[tuple[jax.Array, jax.Array], tuple, dict]:
+    """((L_var, L_ai), (∇L_var, ∇L_ai) [N, H, W, C] each, None for a term of weight 0, metrics) of images
+    [N, H, W, C]: one forward, one pullback per weighted term."""
+    values, pullback, metrics = jax.vjp(lambda x: term_values(aux, x, labels, backbone), images, has_aux=True)
+    grads = tuple(
+        pullback(tuple(jnp.full_like(v, i == index) for i, v in enumerate(values)))[0] if weight else None
+        for index, weight in enumerate(aux.options.weights)
+    )
+    return values, grads, metrics
+
+
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of `n` (≥ 1) that is ≤ `at_most` (≥ 1)."""
+    return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
+
+
+def chunked_term_gradients(
+    aux: Auxiliaries, images: jax.Array, labels: jax.Array, backbone: Backbone | None = None
+) -> tuple[tuple[jax.Array, jax.Array], tuple, dict]:
+    """`term_gradients` computed a chunk of images at a time (`lax.map`: one chunk's residuals alive at
+    once), the chunk the largest divisor of N not above `options.image_chunk` (0: all at once). Exact:
+    every term and metric is a mean over images of a per-image quantity (the auxiliaries are frozen in
+    eval mode, and so are DC's and DM's backbones), so the set's is the mean of the chunks'. (MTT's
+    backbone is the student in train mode: with a BatchNorm student and kl_target='backbone' its batch
+    statistics become the chunk's.)"""
+    n = images.shape[0]
+    chunk = largest_divisor(n, aux.options.image_chunk) if aux.options.image_chunk else n
+    if chunk == n:
+        return term_gradients(aux, images, labels, backbone)
+    chunks = n // chunk
+    split = lambda x: x.reshape(chunks, chunk, *x.shape[1:])
+    values, grads, metrics = jax.lax.map(
+        lambda xy: term_gradients(aux, xy[0], xy[1], backbone), (split(images), split(labels))
+    )
+    mean = lambda tree: jax.tree.map(lambda v: jnp.mean(v, axis=0), tree)
+    grads = jax.tree.map(lambda g: g.reshape(images.shape) / chunks, grads)
+    return mean(values), grads, mean(metrics)
+
+
 def regularizer_gradient(
     aux: Auxiliaries, images, labels, *, base_norm: jax.Array | None = None, backbone: Backbone | None = None
 ) -> tuple[jax.Array, jax.Array, dict]:
-    """(Σ_t w_t L_t, g_R [N, H, W, C], metrics) of all of `images`: one forward, one pullback per term
-    with a non-zero weight; w_t = λ_t ('fixed') or r_t ‖g_base‖ / ‖∇L_t‖ ('ratio', 0 where ∇L_t = 0;
-    needs `base_norm`, the base gradient's norm)."""
+    """(Σ_t w_t L_t, g_R [N, H, W, C], metrics) of all of `images` (`chunked_term_gradients`); w_t = λ_t
+    ('fixed') or r_t ‖g_base‖ / ‖∇L_t‖ ('ratio', 0 where ∇L_t = 0; needs `base_norm`, the base
+    gradient's norm)."""
     o = aux.options
     if o.balance == "ratio" and base_norm is None:
         raise ValueError("metadd balance='ratio' needs base_norm, the base pixel gradient's norm")
-    values, pullback, metrics = jax.vjp(lambda x: term_values(aux, x, labels, backbone), images, has_aux=True)
+    values, term_grads, metrics = chunked_term_gradients(aux, images, labels, backbone)
     loss, grad = jnp.zeros_like(values[0]), jnp.zeros_like(images)
     for index, (name, weight) in enumerate(zip(TERMS, o.weights, strict=True)):
         metrics[f"metadd_{name}"] = values[index]
         if not weight:
             continue
-        (term_grad,) = pullback(tuple(jnp.full_like(v, i == index) for i, v in enumerate(values)))
+        term_grad = term_grads[index]
         norm = optax.tree.norm(term_grad)
         metrics[f"metadd_{name}_grad_norm"] = norm
         if o.balance == "ratio":

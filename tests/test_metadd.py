@@ -236,6 +236,7 @@ def _digits_config(**metadd_values) -> ml_collections.ConfigDict:
         ({"kl_target": "teacher"}, r"metadd.kl_target='teacher': choose one of 'mean', 'backbone'"),
         ({"weight_gradient": "none"}, r"metadd.weight_gradient='none'"),
         ({"min_map_size": -1}, r"metadd.min_map_size=-1 must be an integer ≥ 0"),
+        ({"image_chunk": 2.5}, r"metadd.image_chunk=2.5 must be an integer ≥ 0"),
         ({"cam_threshold": 1.0}, r"metadd.cam_threshold=1.0 must be ≥ 0 .*below 1"),
         ({"cam_threshold": -0.5, "normalisation": "softmax"}, r"metadd.cam_threshold=-0.5"),
         ({"min_aux_accuracy": 1.5}, r"metadd.min_aux_accuracy=1.5 must lie in \[0, 1\]"),

@@ -168,6 +168,25 @@ def test_fixed_balance_logs_each_terms_own_gradient_norm_and_adds_their_weighted
     np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("image_chunk", [1, 2, 4])  # 4: the largest divisor of 6 not above it, 3
+def test_a_chunked_gradient_equals_the_gradient_of_all_images_at_once(image_chunk):
+    aux = _aux(RELU, lambda_var=3.0, lambda_ai=0.5, image_chunk=image_chunk, normalisation="softmax")
+    images, labels = _images()
+    loss, grad, metrics = gradient.metadd_loss_and_grad(aux, images, labels, KEY)
+    g_var, g_ai = _term_gradients(aux, images, labels)
+    expected = 3.0 * g_var + 0.5 * g_ai
+    np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    (l_var, l_ai), fractions = gradient.term_values(aux, images, labels)
+    np.testing.assert_allclose(float(loss), 3.0 * float(l_var) + 0.5 * float(l_ai), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["metadd_var_grad_norm"]), np.linalg.norm(g_var), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["meta_fraction"]), float(fractions["meta_fraction"]), atol=1e-7)
+
+
+def test_largest_divisor_by_hand():
+    assert [gradient.largest_divisor(12, k) for k in (1, 5, 6, 11, 40)] == [1, 4, 6, 6, 12]
+    assert gradient.largest_divisor(7, 6) == 1
+
+
 def test_pixel_step_hands_the_applied_base_norm_to_the_ratio_balance():
     aux = _aux(RELU, balance="ratio", var_ratio=0.0, ai_ratio=0.5)
     images, labels = _images()
