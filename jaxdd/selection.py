@@ -54,12 +54,15 @@ def validate(study: ml_collections.ConfigDict, variants: list[str]) -> None:
             f"choice made for {s.variant!r}.",
         )
     seeds = split_ints(s.seeds, key="study.select.seeds")
-    study_seeds = split_ints(study.seeds, key="study.seeds")
+    from jaxdd.study import variant_seeds  # study builds on this module
+
+    study_seeds = {seed for own in variant_seeds(study).values() for seed in own}
     require(seeds and len(set(seeds)) == len(seeds), f"study.select.seeds={s.seeds!r} must be distinct.")
+    overlap = sorted(set(seeds) & study_seeds)
     require(
-        not set(seeds) & set(study_seeds),
-        f"study.select.seeds={s.seeds!r} overlaps study.seeds={study.seeds!r}: the chosen setting must be "
-        "reported on fresh seeds.",
+        not overlap,
+        f"study.select.seeds={s.seeds!r} overlaps study.seeds or study.variant_seeds (seeds {overlap}): "
+        "the chosen setting must be reported on fresh seeds.",
     )
     require(
         is_int(s.val_per_class) and s.val_per_class >= 1,

@@ -1,9 +1,9 @@
 """Statistics of a study: distillation variants compared over S paired distillation seeds (DESIGN.md §5.1).
 
 Input shape, shared by every function here: `accs[variant][seed][arch]` is the list of N per-network test
-accuracies in [0, 1] of the set distilled with `seed`, evaluated on `arch`. The study is paired: every
-variant uses the same seeds and, for a seed, the same network seeds, so a variant and the reference are
-compared seed by seed (the differences d_s), never as two independent samples.
+accuracies in [0, 1] of the set distilled with `seed`, evaluated on `arch`. The study is paired: a variant
+and the reference are compared seed by seed over the variant's seeds (the differences d_s), with the same
+network seeds for a seed, never as two independent samples.
 
 The unit of replication is the distilled set: a network's accuracy is averaged into its set's mean first,
 and spreads and intervals are over the S per-set means (the published "mean ± std over sets").

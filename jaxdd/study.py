@@ -3,13 +3,14 @@
 A study file, `configs/studies/<name>.py`, returns `default_config()` filled in: a base `recipe`
 ('FILE[:ARG]'), `overrides` for every cell, `variants` (name → overrides, nested like the config:
 `{'pool': {'preset': 'main_similar'}}`), the distillation `seeds` (the same for every variant, so the
-variants are paired; a variant's `recipe` key replaces the base recipe for it, e.g. DC against DM
-against MTT), the evaluation `archs`, `num_nets` networks per (set, arch) and the `reference`
-variant. Each (variant, seed) is a cell: an ordinary run folder `<workdir>/cells/<variant>/seed<s>/`,
-distilled and evaluated by `jaxdd.run.run`, so resume, checkpoints and metrics apply and the
-evaluation's network seeds come from the cell's seed alone (shared across variants). A rerun continues
-where it stopped and never recomputes a finished cell; one whose recorded config differs is refused
-naming the key (or, with `recompute_changed`, set aside and recomputed).
+variants are paired; `variant_seeds` gives a variant other seeds, e.g. the reference and the headline
+variant more than the ablations; a variant's `recipe` key replaces the base recipe for it, e.g. DC
+against DM against MTT), the evaluation `archs`, `num_nets` networks per (set, arch) and the
+`reference` variant. Each (variant, seed) is a cell: an ordinary run folder
+`<workdir>/cells/<variant>/seed<s>/`, distilled and evaluated by `jaxdd.run.run`, so resume, checkpoints
+and metrics apply and the evaluation's network seeds come from the cell's seed alone (shared across
+variants). A rerun continues where it stopped and never recomputes a finished cell; one whose recorded
+config differs is refused naming the key (or, with `recompute_changed`, set aside and recomputed).
 
 `seen_archs` computes which evaluated architectures influenced a variant's set (the distillation model,
 pool members, MetaDD auxiliaries, the KD teacher); the rest are unseen, and the report
@@ -65,6 +66,10 @@ def default_config() -> ml_collections.ConfigDict:
     study.variants = ml_collections.ConfigDict()  # name -> overrides (nested); {} = the recipe as it is
     study.reference = ""  # the variant differences are taken against
     study.seeds = "0,1,2"  # distillation seeds, the same for every variant
+    # variant -> its own seeds instead (e.g. more for the reference and the headline variant, to narrow the
+    # interval that matters, than for ablations); they must be among the reference's, as every set is
+    # paired with the reference's set of its seed
+    study.variant_seeds = ml_collections.ConfigDict()
     study.archs = "ConvNet,MLP"  # evaluation architectures
     study.num_nets = 3  # networks per (set, arch); network i of a seed is the same in every variant
     study.interval = "t"  # 't': paired t-interval; 'bootstrap': paired bootstrap over seeds
@@ -164,6 +169,40 @@ def _canonical(arch):
     return CONVNETS.get(arch, arch) if isinstance(arch, str) else arch
 
 
+def _seed_list(text, key: str) -> list[int]:
+    seeds = split_ints(text, key=key)
+    require(seeds and len(set(seeds)) == len(seeds), f"{key}={text!r} must be distinct integers.")
+    require(all(s >= 0 for s in seeds), f"{key}={text!r} must be non-negative.")
+    return seeds
+
+
+def variant_seeds(study: ml_collections.ConfigDict) -> dict[str, list[int]]:
+    """Each variant's distillation seeds: `study.variant_seeds[v]` where given, else `study.seeds`; every
+    variant's among the reference's. UserError naming a bad value."""
+    default = _seed_list(study.seeds, "study.seeds")
+    given = dict(study.get("variant_seeds", {}))
+    unknown = [v for v in given if v not in study.variants]
+    require(
+        not unknown,
+        f"study.variant_seeds names {unknown}, which are not variants; name some of "
+        f"{', '.join(study.variants)}.",
+    )
+    seeds = {
+        v: _seed_list(given[v], f"study.variant_seeds[{v!r}]") if v in given else default
+        for v in study.variants
+    }
+    reference = seeds.get(study.reference, default)
+    for v, own in seeds.items():
+        lacking = [s for s in own if s not in reference]
+        require(
+            not lacking,
+            f"variant {v!r} has seeds {lacking} that the reference {study.reference!r} lacks "
+            f"(seeds {reference}): a set is paired with the reference's of its seed, so give the reference "
+            "every seed of every variant.",
+        )
+    return seeds
+
+
 def validate_study(study: ml_collections.ConfigDict) -> dict[tuple[str, int], ml_collections.ConfigDict]:
     """Every cell's config, validated; UserError naming the first bad study value (nothing computed)."""
     variants = list(study.variants.keys())
@@ -174,11 +213,7 @@ def validate_study(study: ml_collections.ConfigDict) -> dict[tuple[str, int], ml
         study.reference in variants,
         f"study.reference={study.reference!r} is not a variant; choose one of {', '.join(variants)}.",
     )
-    seeds = split_ints(study.seeds, key="study.seeds")
-    require(
-        seeds and len(set(seeds)) == len(seeds), f"study.seeds={study.seeds!r} must be distinct integers."
-    )
-    require(all(s >= 0 for s in seeds), f"study.seeds={study.seeds!r} must be non-negative.")
+    seeds_of = variant_seeds(study)
     require(split_names(study.archs, key="study.archs"), "study.archs is empty: name the evaluation archs.")
     require(is_int(study.num_nets) and study.num_nets >= 1, f"study.num_nets={study.num_nets!r} must be ≥ 1.")
     require(
@@ -186,8 +221,9 @@ def validate_study(study: ml_collections.ConfigDict) -> dict[tuple[str, int], ml
         f"study.interval={study.interval!r} is not one of {', '.join(INTERVAL_METHODS)}.",
     )
     configs = {}
-    for seed in seeds:  # seed-major: a study stopped part-way already holds paired seeds to report
-        for variant in variants:
+    every_seed = dict.fromkeys(s for v in variants for s in seeds_of[v])
+    for seed in every_seed:  # seed-major: a study stopped part-way already holds paired seeds to report
+        for variant in (v for v in variants if seed in seeds_of[v]):
             config = cell_config(study, variant, seed)
             try:
                 validate(config)
@@ -245,7 +281,8 @@ def finished(config: ml_collections.ConfigDict, folder: Path) -> bool:
 
 def run_study(study: ml_collections.ConfigDict, workdir: str | Path, *, log: Callable[[str], None] = print):
     """Computes the study's missing cells (those this process is given) and writes study.json, .md, .png
-    from every finished cell. Returns the report dict (None when no seed is finished for every variant).
+    from every finished cell. Returns the report dict (None while a variant has no set paired with the
+    reference's).
 
     With `study.select.variant`, the grid cells come first (scored on the validation split); the chosen
     candidate's overrides then complete that variant's cells (and, beneath their own overrides, those of
@@ -293,9 +330,12 @@ def run_cells(study, configs: Mapping, todo, folder_of, *, log: Callable[[str], 
         run(config, folder, log=log)
 
 
-def collect(configs: Mapping, folder_of: Callable[[str, int], Path]) -> tuple[dict, list[str]]:
+def collect(
+    configs: Mapping, folder_of: Callable[[str, int], Path], reference: str | None = None
+) -> tuple[dict, list[str]]:
     """accs[variant][seed][arch] = [accuracies] of the finished cells (in `folder_of(variant, seed)`),
-    over the seeds finished for every variant (so the study stays paired), and the cells still missing."""
+    for each variant over its finished seeds that the `reference` (default: the first variant) has
+    finished too, so every set is paired; and the cells still missing."""
     done, missing = {}, []
     for (variant, seed), config in configs.items():
         folder = folder_of(variant, seed)
@@ -309,8 +349,11 @@ def collect(configs: Mapping, folder_of: Callable[[str, int], Path]) -> tuple[di
         else:
             missing.append(cell_name(variant, seed))
     variants = list(dict.fromkeys(v for v, _ in configs))
-    seeds = [s for s in dict.fromkeys(s for _, s in configs) if all((v, s) in done for v in variants)]
-    accs = {v: {s: done[(v, s)] for s in seeds} for v in variants}
+    reference = reference or variants[0]
+    accs = {
+        v: {s: done[(v, s)] for (w, s) in configs if w == v and (v, s) in done and (reference, s) in done}
+        for v in variants
+    }
     return accs, missing
 
 
@@ -360,11 +403,11 @@ def report(
     log: Callable[[str], None] = print,
 ) -> dict | None:
     """Writes study.json, study.md and study.png from the finished cells; logs what is still missing."""
-    accs, missing = collect(configs, lambda v, s: cell_dir(workdir, v, s))
+    accs, missing = collect(configs, lambda v, s: cell_dir(workdir, v, s), study.reference)
     if missing:
         log(f"Study: {len(missing)} cell(s) not finished yet: {', '.join(missing)}.")
     if not any(accs.values()) or not all(accs.values()):
-        log("Study: no seed is finished for every variant yet; no report written.")
+        log("Study: a variant has no set finished beside the reference's of its seed yet; no report written.")
         return None
     archs = list(split_names(study.archs, key="study.archs"))
     first_cell = next(iter(configs))

@@ -2,6 +2,8 @@
 
 Input: `accs[variant][seed][arch]` = N test accuracies in [0, 1] (see `jaxdd.stats`), `archs` (evaluation
 order), `seen[variant]` = the archs that influenced that variant's set; the rest of `archs` is unseen by it.
+A variant may hold fewer seeds than the reference (e.g. ablations beside a headline comparison given more
+seeds); its row and its differences then use its own seeds, each paired with the reference's same seed.
 A variant's own group means use its own split; a difference vs the reference uses `stats.comparable_groups`
 (unseen by both, seen by either, all), so both sides average the same architectures.
 """
@@ -67,6 +69,7 @@ def compute_study(
 ) -> dict:
     """Everything the report shows, as a dict of lists and scalars (NaN where undefined).
 
+    seeds: the reference's; variant_seeds[variant]: that variant's S seeds (its row and differences);
     results[variant]['archs'][arch] = {mean, std (ddof=1 over the S sets), n, set_means [S], network_std [S]};
     results[variant]['groups'][g] for g in seen/unseen/all (the variant's own split); differences[variant]
     for every variant ≠ reference: per arch and per comparable group, the paired difference of per-set
@@ -76,24 +79,38 @@ def compute_study(
     require(reference in accs, f"reference {reference!r} is not a variant; choose one of {list(accs)}")
     missing = [v for v in accs if v not in seen]
     require(not missing, f"seen has no entry for {missing}: give every variant its set (empty if none)")
-    seeds = stats.paired_seeds(accs, archs=archs)
-    means = stats.set_means(accs, archs=archs)
+    variant_seeds = {v: stats.paired_seeds({v: accs[v]}, archs=archs) for v in accs}
+    for v, seeds in variant_seeds.items():
+        paired_reference = {s: accs[reference].get(s, {}) for s in seeds}
+        missing = [s for s in seeds if s not in accs[reference]]
+        require(
+            not missing,
+            f"variant {v!r} has seeds {missing} that the reference {reference!r} lacks: every variant's "
+            "seeds must be among the reference's, so each set is paired with the reference's of its seed",
+        )
+        stats.paired_seeds({reference: paired_reference, v: accs[v]}, archs=archs)  # same networks
+    means = {v: stats.set_means({v: accs[v]}, archs=archs)[v] for v in accs}
     results = {
-        v: _variant_results(by_seed, means[v], seeds, archs, set(seen[v])) for v, by_seed in accs.items()
+        v: _variant_results(by_seed, means[v], variant_seeds[v], archs, set(seen[v]))
+        for v, by_seed in accs.items()
     }
-    differences = {
-        v: {
-            "archs": {
-                a: stats.paired_difference(means[v][a], means[reference][a], method=method) for a in archs
-            },
+
+    def reference_means(seeds: list) -> dict[str, np.ndarray]:
+        """The reference's per-set means [S] over `seeds` (a variant's own), in that order."""
+        return stats.set_means({reference: {s: accs[reference][s] for s in seeds}}, archs=archs)[reference]
+
+    differences = {}
+    for v in accs:
+        if v == reference:
+            continue
+        ref_means = reference_means(variant_seeds[v])
+        differences[v] = {
+            "archs": {a: stats.paired_difference(means[v][a], ref_means[a], method=method) for a in archs},
             "groups": {
-                g: _difference(means[v], means[reference], group, method=method)
+                g: _difference(means[v], ref_means, group, method=method)
                 for g, group in stats.comparable_groups(archs, set(seen[v]), set(seen[reference])).items()
             },
         }
-        for v in accs
-        if v != reference
-    }
     return {
         "protocol": protocol,
         "reduced": bool(reduced),
@@ -102,7 +119,8 @@ def compute_study(
         "group_rule": stats.GROUP_RULE,
         "reference": reference,
         "variants": list(accs),
-        "seeds": list(seeds),
+        "seeds": list(variant_seeds[reference]),
+        "variant_seeds": {v: list(seeds) for v, seeds in variant_seeds.items()},
         "archs": archs,
         "results": results,
         "differences": differences,
@@ -148,15 +166,29 @@ def headline(study: dict) -> str:
     return lead + "; ".join(parts) + "."
 
 
+def _fewest_seeds(study: dict) -> int:
+    return min(len(seeds) for seeds in study["variant_seeds"].values())
+
+
+def _seeds_text(study: dict) -> str:
+    """'S = 3 paired seeds [0, 1, 2]', or per group of variants when some hold fewer seeds."""
+    by_seeds: dict[tuple, list[str]] = {}
+    for v, seeds in study["variant_seeds"].items():
+        by_seeds.setdefault(tuple(seeds), []).append(v)
+    if len(by_seeds) == 1:
+        return f"S = {len(study['seeds'])} paired seeds {study['seeds']}"
+    groups = "; ".join(f"S = {len(s)} {list(s)} for {', '.join(vs)}" for s, vs in by_seeds.items())
+    return f"paired seeds ({groups}): each variant's row and differences use its own seeds"
+
+
 def study_markdown(study: dict) -> str:
     """study.md: headline, protocol, interval, selection, then accuracies (variant × arch) and differences."""
     archs, res, ref, label = study["archs"], study["results"], study["reference"], _protocol_label(study)
     lines = [headline(study), "", f"- {label[0].upper()}{label[1:]}"]
-    lines.append(
-        f"- Interval: {study['interval']}, over S = {len(study['seeds'])} paired seeds {study['seeds']}"
-    )
+    lines.append(f"- Interval: {study['interval']}, over {_seeds_text(study)}")
     lines += [f"- Selection: {study['selection']}"] if study["selection"] else []
-    spread = "mean ± std (ddof=1) over sets" if len(study["seeds"]) > 1 else "mean of one set (S = 1: no std)"
+    several = _fewest_seeds(study) > 1
+    spread = "mean ± std (ddof=1) over sets" if several else "mean of one set (S = 1: no std)"
     lines += [
         f"- {study['group_rule']}",
         "",
@@ -200,8 +232,9 @@ def _whisker(entry: dict, single: bool) -> list[list[float]] | None:
 def plot_study(study: dict, path: str | Path) -> None:
     """study.png: grouped bars per arch (one per variant, hatched where seen) plus unseen/all mean bars.
 
-    Bar = mean over the S sets; whiskers = 95% t-interval of that mean (`stats.mean_interval`), or for
-    S = 1 ± std over the set's N networks (group bars then get none). The title says which.
+    Bar = mean over the variant's S sets; whiskers = 95% t-interval of that mean (`stats.mean_interval`),
+    or for a variant with S = 1 ± std over the set's N networks (group bars then get none). The title says
+    which.
     """
     import matplotlib
 
@@ -210,13 +243,11 @@ def plot_study(study: dict, path: str | Path) -> None:
     from matplotlib.patches import Patch
 
     archs, res, variants = study["archs"], study["results"], study["variants"]
-    single, slots, width = (
-        len(study["seeds"]) < 2,
-        [*archs, "unseen mean (own)", "all mean"],
-        0.8 / len(variants),
-    )
+    slots, width = [*archs, "unseen mean (own)", "all mean"], 0.8 / len(variants)
+    counts = sorted({len(seeds) for seeds in study["variant_seeds"].values()})
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(slots) + 2), 4))
     for i, v in enumerate(variants):
+        single = len(study["variant_seeds"][v]) < 2
         for j, slot in enumerate(slots):
             entry = res[v]["archs"][slot] if slot in archs else res[v]["groups"][slot.split()[0]]
             if not math.isnan(entry["mean"]):
@@ -228,9 +259,11 @@ def plot_study(study: dict, path: str | Path) -> None:
     ax.axvline(len(archs) - 0.5, color="grey", linestyle=":")
     ax.set_xticks(range(len(slots)), slots, rotation=30, ha="right")
     ax.set_ylabel("test accuracy (%)")
-    whisker = "± std over networks (S = 1)" if single else "95% t-interval of the mean over sets"
+    interval, network = "95% t-interval of the mean over sets", "± std over networks (S = 1)"
+    whisker = network if counts[-1] < 2 else interval if counts[0] >= 2 else f"{interval} ({network})"
     reduced = ", reduced protocol" if study["reduced"] else ""
-    ax.set_title(f"Mean over {len(study['seeds'])} sets; whiskers: {whisker}{reduced}", fontsize=9)
+    sets = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    ax.set_title(f"Mean over {sets} sets; whiskers: {whisker}{reduced}", fontsize=9)
     handles = [Patch(color=f"C{i % 10}", label=v) for i, v in enumerate(variants)]
     handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="seen by that variant"))
     ax.legend(handles=handles, fontsize=8)

@@ -2,6 +2,7 @@
 refused (or recomputed when asked), parts of a study run alone, seen architectures are computed."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,21 @@ def test_cells_and_shards_run_alone_and_report_only_aggregates_what_finished(tmp
         studies.run_study(tiny_study(shard="3/3"), tmp_path, log=lambda _: None)
 
 
+def test_variant_seeds_give_a_variant_its_own_cells_and_pair_each_set_with_the_references(
+    finished_study, tmp_path
+):
+    study = tiny_study(variant_seeds={"dm": "0,1,2", "dm+pool": "0"})
+    assert list(studies.validate_study(study)) == [("dm", 0), ("dm+pool", 0), ("dm", 1), ("dm", 2)]
+    # finished: dm/0 and dm+pool/0, dm+pool/1; dm/1 is not, so dm+pool's seed 1 has no pair to report
+    workdir, _, _ = finished_study
+    for variant, seed in (("dm", 0), ("dm+pool", 0), ("dm+pool", 1)):
+        shutil.copytree(studies.cell_dir(workdir, variant, seed), studies.cell_dir(tmp_path, variant, seed))
+    configs = studies.validate_study(tiny_study())
+    accs, missing = studies.collect(configs, lambda v, s: studies.cell_dir(tmp_path, v, s), "dm")
+    assert {v: sorted(by_seed) for v, by_seed in accs.items()} == {"dm": [0], "dm+pool": [0]}
+    assert missing == ["dm/1"]
+
+
 @pytest.mark.parametrize(
     ("values", "match"),
     [
@@ -108,6 +124,9 @@ def test_cells_and_shards_run_alone_and_report_only_aggregates_what_finished(tmp
         ({"seeds": "0,0"}, "must be distinct"),
         ({"num_nets": 0}, "study.num_nets=0"),
         ({"interval": "z"}, "study.interval='z'"),
+        ({"variant_seeds": {"nope": "0"}}, r"study.variant_seeds names \['nope'\], which are not variants"),
+        ({"variant_seeds": {"dm+pool": "0,1,2"}}, r"variant 'dm\+pool' has seeds \[2\] that the reference"),
+        ({"variant_seeds": {"dm": "1,1"}}, r"study.variant_seeds\['dm'\]='1,1' must be distinct"),
     ],
 )
 def test_bad_study_values_are_named_before_any_work(tmp_path, values, match):

@@ -137,3 +137,21 @@ def test_variant_that_saw_every_arch_has_no_unseen_headline():
     study = _study(seen={"base": {"ConvNet"}, "pool": set(ARCHS)})
     assert study["differences"]["pool"]["groups"]["unseen"]["archs"] == []
     assert "pool n/a, no arch unseen by both: **n/a**" in study_report.headline(study)
+
+
+def test_a_variant_with_fewer_seeds_is_paired_over_its_own(tmp_path):
+    accs = _accs()
+    del accs["pool"][2]  # the reference keeps seeds 0-2 (e.g. more seeds for the headline comparison)
+    defaults = dict(archs=ARCHS, seen=SEEN, reference="base", protocol="DC protocol")
+    study = study_report.compute_study(accs, **defaults)
+    assert study["variant_seeds"] == {"base": [0, 1, 2], "pool": [0, 1]}
+    assert study["results"]["base"]["archs"]["MLP"]["mean"] == pytest.approx(0.30)  # (0.30+0.32+0.28)/3
+    assert study["results"]["pool"]["archs"]["MLP"]["mean"] == pytest.approx(0.365)  # (0.35+0.38)/2
+    mlp = study["differences"]["pool"]["archs"]["MLP"]
+    assert mlp["differences"] == pytest.approx([0.05, 0.06]) and mlp["n"] == 2
+    study_report.write_study(study, tmp_path)
+    markdown = (tmp_path / "study.md").read_text()
+    assert "S = 3 [0, 1, 2] for base; S = 2 [0, 1] for pool" in markdown
+    accs["pool"][3] = accs["pool"][0]
+    with pytest.raises(UserError, match=r"variant 'pool' has seeds \[3\] that the reference 'base' lacks"):
+        study_report.compute_study(accs, **defaults)

@@ -1,6 +1,6 @@
 """Does MetaDD improve DM's transfer to architectures it never saw? DM vs DM + MetaDD (balanced terms,
 the ratios and the map normalisation chosen on a validation split) and its two halves, on Fashion-MNIST,
-IPC 1, paired over 5 distillation seeds.
+IPC 1, paired over 12 distillation seeds (dm, dm+metadd) and 5 (the two halves).
 
   python -m jaxdd.main --mode=study --config=configs/studies/metadd_dm_fashion_mnist.py \\
     --workdir=studies/metadd_dm_fashion_mnist
@@ -20,12 +20,15 @@ pixel gradient rescaled at every step to a fraction of DM's):
   - dm+metadd:cam (L_var only) and dm+metadd:ai (L_ai only): the ablations, at the chosen setting with
     the other term's ratio set to 0 (`select.also`).
 Reduced protocol, as configs/studies/dm_pool_fashion_mnist.py: 100 DM iterations (reference 20,000),
-evaluation 300 epochs without augmentation, 3 networks per (set, architecture); 5 distillation seeds.
+evaluation 300 epochs without augmentation, 3 networks per (set, architecture). Seeds: 5 for every
+variant, as issue 16 asks at least; after those 5, DM + MetaDD's unseen difference had a paired std of
+1.6 points over seeds (a 95% interval of ±2.0), so dm and dm+metadd get seeds 5-11 as well (`variant_seeds`:
+12 seeds give about ±1.0, the precision the studies issue asks for); the ablations stay at 5.
 Every cell, the grid's and the study's, distils from the training set less the 500 validation images
 (`holdout`), so one set of auxiliaries serves both; the study's sets are still evaluated on the test set.
 Cost on 2 cores: the auxiliaries ~35 min (ConvNet ~8, AlexNet ~10, VGG11 ~17; retrained in every session
 whose machine lacks the cache); 11 grid cells of ~6 min (distillation ~4-5 min, only the three unseen
-networks evaluated); 20 study cells of ~15-18 min (AlexNet's evaluation ~5-8 min): about 7 hours in
+networks evaluated); 34 study cells of ~15-18 min (AlexNet's evaluation ~5-8 min): about 11 hours in
 all, resumable across sessions; the cells can run as separate jobs (--config.cell, --config.shard).
 """
 
@@ -64,6 +67,8 @@ def get_config():
     )
     study.reference = "dm"
     study.seeds = "0,1,2,3,4"
+    twelve = ",".join(str(seed) for seed in range(12))
+    study.variant_seeds = ml_collections.ConfigDict({"dm": twelve, "dm+metadd": twelve})
     study.archs = "ConvNet,AlexNet,VGG11,MLP,LeNet,ConvNetBN"
     study.num_nets = 3
     study.select.variant = "dm+metadd"
