@@ -1,7 +1,8 @@
 """MTT's memory and time against the unroll length: one outer iteration at syn_steps N, per `mtt.remat`.
 
   python -m benchmarks.bench_mtt [--syn-steps 10,20,50,80] [--remat none,step,sqrt] [--ipc 1,10]
-                                 [--shape 28,28,1] [--classes 10] [--model ConvNet] [--quick]
+                                 [--unroll false,true] [--shape 28,28,1] [--classes 10] [--model ConvNet]
+                                 [--quick]
 
 One `mtt.outer_step` (student unroll of N SGD steps on minibatches of the synthetic set, the normalised
 parameter distance, its gradient to the pixels and to α) is compiled for each (IPC, N, remat) and run
@@ -12,7 +13,9 @@ buffer is one stand-in expert (random parameters of the model's shapes, 1 + expe
 speed and memory do not depend on its values. batch_syn = all synthetic images (the reference's default),
 DSA as the reference (the dataset's strategy). 'none' keeps every step's residuals (memory ~N), 'step'
 keeps each step's input parameters and recomputes inside it, 'sqrt' nests two scans of ~√N (memory ~2√N
-steps' parameters). --quick: 8x8 images, 3 classes, width-8 depth-1 ConvNet, N 2 and 4, one run.
+steps' parameters). `--unroll true` adds, for remat 'none', the straight-line student steps
+(`mtt.unroll`, no loop); rows alternate scan and unrolled within one run. --quick: 8x8 images, 3
+classes, width-8 depth-1 ConvNet, N 2 and 4, one run.
 Results: benchmarks/results/bench_mtt[_quick].{json,md}.
 """
 
@@ -74,6 +77,7 @@ def measure(model, image_shape, num_classes: int, ipc: int, settings: mtt.Settin
         "ipc": ipc,
         "syn_steps": settings.syn_steps,
         "remat": settings.remat,
+        "unroll": settings.unroll,
         "compile_s": round(compile_s, 2),
         "seconds": round(seconds, 4) if times else None,
         "temp_mib": round(temp.temp_size_in_bytes / 2**20, 2) if temp is not None else None,
@@ -88,6 +92,7 @@ def main(argv=None) -> None:
     parser.add_argument("--syn-steps", default="10,20,50,80")
     parser.add_argument("--remat", default="none,step,sqrt")
     parser.add_argument("--ipc", default="1,10")
+    parser.add_argument("--unroll", default="false", help="'false', 'true' or both: straight-line steps")
     parser.add_argument("--shape", default="28,28,1")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--model", default="ConvNet")
@@ -105,24 +110,28 @@ def main(argv=None) -> None:
         model_name = "ConvNet(width 8, depth 1)"
     else:
         model = get_model(args.model, num_classes=args.classes, image_shape=shape)
+    unrolls = [{"false": False, "true": True}[v.strip().lower()] for v in args.unroll.split(",")]
+    combos = [(r, u) for r in args.remat.split(",") for u in unrolls if r == "none" or not u]
     rows = []
     for ipc in (int(v) for v in args.ipc.split(",")):
         for steps in (int(v) for v in args.syn_steps.split(",")):
-            for remat in args.remat.split(","):
+            for remat, straight in combos:
+                base = mtt.Settings(
+                    syn_steps=steps, remat=remat, unroll=straight, expert_epochs=2, max_start_epoch=1
+                )
                 settings = dataclasses.replace(
-                    mtt.Settings(syn_steps=steps, remat=remat, expert_epochs=2, max_start_epoch=1),
-                    strategy=augment.resolve_strategy("dsa", "fashion_mnist"),
-                    batch=args.classes * ipc,
+                    base, strategy=augment.resolve_strategy("dsa", "fashion_mnist"), batch=args.classes * ipc
                 )
                 row = measure(model, shape, args.classes, ipc, settings, args.repeats)
                 rows.append(row)
                 print(
-                    f"IPC {ipc} N {steps:>3} remat {remat:<4}: {row['seconds']} s/it, temp "
-                    f"{row['temp_mib']} MiB, compile {row['compile_s']} s",
+                    f"IPC {ipc} N {steps:>3} remat {remat:<4} unroll {straight!s:<5}: {row['seconds']} s/it, "
+                    f"temp {row['temp_mib']} MiB, compile {row['compile_s']} s",
                     flush=True,
                 )
-    for row in rows:  # memory relative to the same IPC's shortest unroll with the same remat
-        first = next(r for r in rows if r["ipc"] == row["ipc"] and r["remat"] == row["remat"])
+    for row in rows:  # memory relative to the same IPC's shortest unroll with the same remat and loop
+        kind = lambda r: (r["ipc"], r["remat"], r["unroll"])
+        first = next(r for r in rows if kind(r) == kind(row))
         if row["temp_mib"] is not None and first["temp_mib"]:
             row["temp_vs_shortest"] = round(row["temp_mib"] / first["temp_mib"], 2)
     notes = (
@@ -131,9 +140,9 @@ def main(argv=None) -> None:
         + (f"best of {args.repeats} runs after compiling. " if args.repeats else "compiled only, not run. ")
         + "temp: XLA's temporary buffers of the compiled "
         "program (memory_analysis), the part that grows with the unroll; temp_vs_shortest: against the "
-        "same IPC and remat at the first syn_steps." + (f" {args.note}" if args.note else "")
+        "same IPC, remat and unroll at the first syn_steps." + (f" {args.note}" if args.note else "")
     )
-    columns = ["ipc", "syn_steps", "remat", "seconds", "compile_s", "temp_mib", "temp_vs_shortest"]
+    columns = ["ipc", "syn_steps", "remat", "unroll", "seconds", "compile_s", "temp_mib", "temp_vs_shortest"]
     columns += ["peak_mib", "images_per_s"]
     write_results(args.name, rows, columns=columns, notes=notes, out_dir=args.out_dir)
 

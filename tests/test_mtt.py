@@ -122,6 +122,22 @@ def test_remat_modes_give_the_same_gradient():
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
 
 
+def test_unrolled_steps_give_the_scans_gradient_without_a_loop():
+    model, start, target, images, labels = _tiny_problem(jnp.float32)
+    grads, programs = {}, {}
+    for straight in (False, True):
+        settings = _settings(syn_steps=5, remat="none", unroll=straight)
+        loss = _loss_fn(settings, model, start, target, labels, jax.random.PRNGKey(0))
+        grad = jax.grad(loss, argnums=(0, 1))
+        grads[straight] = grad(images, jnp.float32(0.3))
+        programs[straight] = jax.jit(grad).lower(images, jnp.float32(0.3)).as_text()
+    for got, want in zip(grads[True], grads[False], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
+    loops = {straight: text.count("stablehlo.while") for straight, text in programs.items()}
+    assert loops[True] < loops[False]  # the student's scan, forward and backward, is gone; the
+    # minibatch permutations keep their own loops
+
+
 def test_minibatches_follow_the_reference_order():
     # 5 images in chunks of 2: [p0 p1] [p2 p3] [p4], used from the last chunk, then a new permutation
     key = jax.random.PRNGKey(7)
@@ -216,6 +232,8 @@ def _config(tmp_path, **mtt_values):
         ({"max_start_epoch": 50, "expert_epochs": 2}, r"mtt.max_start_epoch=50 .* targets epoch 51"),
         ({"syn_steps": 0}, r"mtt.syn_steps=0 must be an integer ≥ 1"),
         ({"remat": "all"}, r"mtt.remat='all'"),
+        ({"unroll": True}, r"mtt.unroll=True with mtt.remat='sqrt'.*set mtt.remat='none'"),
+        ({"unroll": 1}, r"mtt.unroll=1 must be true or false"),
         ({"expert_lr": -1.0}, r"mtt.expert_lr=-1.0 must be > 0"),
         ({"batch_syn": -2}, r"mtt.batch_syn=-2"),
     ],

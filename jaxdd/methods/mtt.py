@@ -21,7 +21,12 @@ decides what the backward pass keeps: 'none' every step's activations (memory li
 each step's params (N·|θ| plus one step's activations; every step recomputed once), 'sqrt' (default) the
 params at the boundaries of blocks of B = ⌈√N⌉ steps and, while one block's gradient is taken, that
 block's per-step params ((N/B + B)·|θ| ≈ 2√N·|θ| plus one step's activations; every step recomputed
-twice).
+twice). `unroll=True` (with remat 'none' only) writes the N steps as straight-line code instead of a loop:
+on XLA:CPU a scan's backward runs 3.8-4× slower than the same steps unrolled (benchmarks/results/
+bench_mtt_unroll.md; XLA:CPU leaves the backward's weight- and input-gradient convolutions inside the
+loop body in non-canonical dimension orders, which straight-line code gets canonicalized), but
+straight-line code keeps every step's activations whatever `jax.checkpoint` asks (measured), and its
+compile time grows with N.
 
 Learnable α: `MTTState` is the `DistillState` with two fields more, `syn_lr` and `lr_opt_state`. The
 step goes through `base.pixel_step` (so MetaDD and the model pool's gradient scale apply to the pixels):
@@ -101,7 +106,8 @@ class Settings:
     Distillation (distill.py): syn_steps (N), expert_epochs (M), max_start_epoch (t < this), lr_img and
     momentum_img (the pixels' SGD), lr_lr and momentum_lr (α's SGD), syn_lr_init (α's start: the
     reference's lr_teacher), batch_syn (0: all N images per step), dsa_strategy ('dsa', 'none' or a
-    strategy), remat ('none' | 'step' | 'sqrt', see the module docstring).
+    strategy), remat ('none' | 'step' | 'sqrt', see the module docstring), unroll (straight-line student
+    steps instead of a lax.scan: faster on XLA:CPU, memory as remat 'none'; remat 'none' only).
     Experts (buffer.py): num_experts, expert_train_epochs (T), expert_lr, expert_momentum,
     expert_weight_decay, expert_batch_size, expert_lr_decay, expert_augment ('dsa', 'none' or a
     strategy), expert_seed; experts_dir (the cache), train_experts (False: a missing expert is an error).
@@ -120,6 +126,7 @@ class Settings:
     batch_syn: int = 0
     dsa_strategy: str = "dsa"
     remat: str = "sqrt"
+    unroll: bool = False
     num_experts: int = 100
     expert_train_epochs: int = experts.ExpertProtocol.epochs
     expert_lr: float = experts.ExpertProtocol.lr
@@ -160,6 +167,13 @@ class Settings:
         require(
             self.remat in REMATS,
             f"mtt.remat={self.remat!r} must be one of {', '.join(REMATS)} (default 'sqrt': memory ~2√N).",
+        )
+        require(isinstance(self.unroll, bool), f"mtt.unroll={self.unroll!r} must be true or false.")
+        require(
+            not self.unroll or self.remat == "none",
+            f"mtt.unroll=True with mtt.remat={self.remat!r}: unrolled steps keep every step's activations "
+            "whatever remat asks (XLA:CPU, measured), so set mtt.remat='none' with it, or mtt.unroll=False "
+            "to bound memory with remat.",
         )
         require_int("mtt.num_experts", self.num_experts, minimum=1, note="the reference: 100")
         require_int("mtt.expert_seed", self.expert_seed, minimum=0, note="default 0")
@@ -259,11 +273,12 @@ def short_steps(num_images: int, batch: int, steps: int) -> tuple[bool, ...]:
     return tuple(short and s % chunks == 0 for s in range(steps))
 
 
-def unroll(step: Callable, params, xs, *, remat: str):
+def unroll(step: Callable, params, xs, *, remat: str, straight: bool = False):
     """`lax.scan(step, params, xs)`'s final carry, with the backward pass's memory as `remat` says
-    ('none' | 'step' | 'sqrt'; the module docstring). `step(params, x) -> (params, None)`."""
+    ('none' | 'step' | 'sqrt'; the module docstring); `straight`: no loop, the steps unrolled (remat
+    'none' only). `step(params, x) -> (params, None)`."""
     if remat == "none":
-        return jax.lax.scan(step, params, xs)[0]
+        return jax.lax.scan(step, params, xs, unroll=straight)[0]
     step = jax.checkpoint(step, prevent_cse=False)  # keeps only the carry; the step is recomputed
     steps = jax.tree.leaves(xs)[0].shape[0]
     if remat == "step":
@@ -318,7 +333,7 @@ def trajectory_loss(
             grad = jax.lax.cond(is_short, lambda: ce_grad(params, idx[:tail], aug_key), full)
         return jax.tree.map(lambda p, g: p - syn_lr * g, params, grad), None
 
-    end = unroll(step, start, (rows, short, aug_keys), remat=settings.remat)
+    end = unroll(step, start, (rows, short, aug_keys), remat=settings.remat, straight=settings.unroll)
     return parameter_distance(end, start, target)
 
 
