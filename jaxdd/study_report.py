@@ -148,11 +148,14 @@ def _row(cells: Sequence[str]) -> str:
 
 
 def headline(study: dict) -> str:
-    """The first line of study.md: every variant's unseen mean and its paired Δ vs the reference."""
+    """The first line of study.md: every variant's unseen mean and its paired Δ vs the reference (with
+    each variant's number of seeds S where they differ, as each row averages its own sets)."""
     parts = []
+    counts = {v: len(seeds) for v, seeds in study["variant_seeds"].items()}
     for v in study["variants"]:
         mean = study["results"][v]["groups"]["unseen"]["mean"]
         text = f"{v} {_pct(mean)}" + ("" if math.isnan(mean) else " %")
+        text += f" (S = {counts[v]})" if len(set(counts.values())) > 1 else ""
         if v == study["reference"]:
             parts.append(text + " (reference)")
             continue

@@ -152,6 +152,11 @@ def test_a_variant_with_fewer_seeds_is_paired_over_its_own(tmp_path):
     study_report.write_study(study, tmp_path)
     markdown = (tmp_path / "study.md").read_text()
     assert "S = 3 [0, 1, 2] for base; S = 2 [0, 1] for pool" in markdown
+    first = markdown.splitlines()[0]
+    # base's own unseen (MLP, LeNet, AlexNet) over 3 seeds: 0.30; pool's (MLP, AlexNet) over 2: (0.365 +
+    # 0.24) / 2; Δ over MLP and AlexNet, seeds 0-1: ((0.05 + 0.03) / 2 + (0.06 + 0.03) / 2) / 2
+    assert "base 30.0 % (S = 3) (reference)" in first and "pool 30.2 % (S = 2), Δ +4.25 pts" in first
+    assert "(S = " not in study_report.headline(_study())  # equal seeds: no per-variant S
     accs["pool"][3] = accs["pool"][0]
     with pytest.raises(UserError, match=r"variant 'pool' has seeds \[3\] that the reference 'base' lacks"):
         study_report.compute_study(accs, **defaults)
